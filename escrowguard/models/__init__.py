@@ -1,0 +1,1 @@
+"""Offline models: feature definitions shared with streaming, training, bundles, scorers."""

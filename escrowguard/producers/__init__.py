@@ -1,0 +1,1 @@
+"""Producers: the synthetic history generator and the replay producer."""
