@@ -1,0 +1,230 @@
+"""Event-time ordering across topics, partitions and workers: the reorder buffer.
+
+Kafka orders messages within a partition only. escrowguard scores each event against the
+state as of its own ``occurred_at``, which is only well defined once every event before it,
+on every partition of every input topic, has been applied. The rule (docs/ordering.md):
+
+- each partition ``p`` has a frontier ``f(p)``: every event on ``p`` earlier than ``f(p)``
+  has been applied. An owner computes it from what it has buffered and what it has seen
+  (``min(first unprocessed event time, latest event time seen)``; +inf when the partition
+  is caught up and idle) and publishes it in Redis;
+- the global frontier ``F`` is the minimum over all input partitions;
+- a worker processes its buffered events in ``(occurred_at, event_id)`` order while
+  ``occurred_at <= F``.
+
+This module is the pure per-worker half: it tracks partitions, buffers events, offers the
+next candidates, computes frontiers to publish and offsets that are safe to commit. Time
+comes in as arguments; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Collection, Iterable, Sequence
+from typing import Final, NamedTuple
+
+import msgspec
+
+from escrowguard.events import AnyEvent
+
+NEVER: Final = -(2**62)  # "nothing seen yet": holds the frontier back
+UNBOUNDED: Final = 2**62  # an idle partition does not hold the frontier back
+
+
+class Position(NamedTuple):
+    """Where a message came from."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def text(self) -> str:
+        """``topic:partition:offset``, as stored with an event id for de-duplication."""
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+TopicPartition = tuple[str, int]
+
+
+class Pending(msgspec.Struct, gc=False):
+    """A decoded event waiting in the buffer for the frontier to pass it."""
+
+    event: AnyEvent
+    pos: Position
+    t_us: int
+    received_s: float
+    raw: bytes  # the message as received (kept for dead letters)
+
+    @property
+    def order(self) -> tuple[int, str]:
+        """Processing order: event time, then event id."""
+        return (self.t_us, self.event.event_id)
+
+
+class _Partition:
+    __slots__ = ("done", "highwater", "last_data_s", "max_t_us", "next_offset", "open")
+
+    def __init__(self, now_s: float, start_offset: int) -> None:
+        self.max_t_us = NEVER
+        self.next_offset = start_offset
+        self.highwater: int | None = None
+        self.last_data_s = now_s
+        self.open: dict[int, int] = {}  # offset -> event time, of buffered (unfinished) messages
+        self.done = 0
+
+
+class ReorderBuffer:
+    """Buffers decoded events of the partitions this worker owns; bounded."""
+
+    def __init__(self, max_events: int, idle_s: float) -> None:
+        self.max_events = max_events
+        self.idle_s = idle_s
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._heap: list[tuple[int, str, int, Pending]] = []
+        self._seq = 0
+
+    # --- ownership ---
+
+    def assign(self, positions: dict[TopicPartition, int], now_s: float) -> None:
+        """Start tracking partitions from their next offsets."""
+        for tp, offset in positions.items():
+            self._parts[tp] = _Partition(now_s, offset)
+
+    def revoke(self, tps: Iterable[TopicPartition]) -> None:
+        """Forget partitions (and their buffered events: the new owner re-reads them)."""
+        gone = set(tps)
+        for tp in gone:
+            self._parts.pop(tp, None)
+        if gone:
+            self._heap = [item for item in self._heap if item[3].pos[:2] not in gone]
+            heapq.heapify(self._heap)
+
+    @property
+    def partitions(self) -> list[TopicPartition]:
+        """The partitions this worker owns, sorted."""
+        return sorted(self._parts)
+
+    # --- intake ---
+
+    def note_fetch(self, tp: TopicPartition, highwater: int | None, now_s: float) -> None:
+        """Record a fetch response's high watermark (how far the partition goes)."""
+        part = self._parts.get(tp)
+        if part is not None and highwater is not None:
+            part.highwater = highwater
+
+    def add(self, pending: Pending) -> None:
+        """Buffer a decoded event."""
+        part = self._parts[pending.pos[:2]]  # type: ignore[index]
+        self._seen(part, pending.pos.offset, pending.received_s)
+        part.max_t_us = max(part.max_t_us, pending.t_us)
+        part.open[pending.pos.offset] = pending.t_us
+        self._seq += 1
+        heapq.heappush(self._heap, (pending.t_us, pending.event.event_id, self._seq, pending))
+
+    def add_finished(self, pos: Position, now_s: float) -> None:
+        """A message that needs no ordering (e.g. undecodable, dead-lettered at once) but
+        whose offset may only be committed once its output is sent: call ``finish`` then."""
+        part = self._parts[pos[:2]]  # type: ignore[index]
+        self._seen(part, pos.offset, now_s)
+        part.open[pos.offset] = UNBOUNDED
+
+    @staticmethod
+    def _seen(part: _Partition, offset: int, now_s: float) -> None:
+        part.next_offset = max(part.next_offset, offset + 1)
+        part.last_data_s = now_s
+
+    # --- release ---
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def own_bound(self, now_s: float) -> int:
+        """Latest event time this worker's own partitions allow: events on them before it
+        have all arrived (per-partition order), unless the partition is idle."""
+        bound = UNBOUNDED
+        for part in self._parts.values():
+            if not self._idle(part, now_s):
+                bound = min(bound, part.max_t_us)
+        return bound
+
+    def _idle(self, part: _Partition, now_s: float) -> bool:
+        caught_up = part.highwater is not None and part.next_offset >= part.highwater
+        return caught_up and now_s - part.last_data_s >= self.idle_s
+
+    def candidates(self, limit: int, bound: int) -> list[Pending]:
+        """Up to ``limit`` buffered events in processing order with time <= ``bound``."""
+        out = []
+        for t_us, _, _, pending in heapq.nsmallest(limit, self._heap):
+            if t_us > bound:
+                break
+            out.append(pending)
+        return out
+
+    def take(self, processed: Sequence[Pending]) -> None:
+        """Remove processed events from the order heap (they stay open until finished)."""
+        if not processed:
+            return
+        ids = {id(p) for p in processed}
+        if len(ids) == len(self._heap):
+            self._heap = []
+        else:
+            self._heap = [item for item in self._heap if id(item[3]) not in ids]
+            heapq.heapify(self._heap)
+
+    def finish(self, positions: Iterable[Position]) -> None:
+        """Outputs for these messages are sent: their offsets may be committed."""
+        for pos in positions:
+            part = self._parts.get(pos[:2])  # type: ignore[arg-type]
+            if part is not None and part.open.pop(pos.offset, None) is not None:
+                part.done += 1
+
+    # --- what to publish and commit ---
+
+    def frontiers(
+        self, now_s: float, excluding: Collection[int] = ()
+    ) -> dict[TopicPartition, int]:
+        """Per owned partition: every event on it earlier than this has been applied, once
+        the events whose ``id()`` is in ``excluding`` (being decided now) are."""
+        firsts: dict[TopicPartition, int] = {}
+        for t_us, _, _, pending in self._heap:
+            if id(pending) in excluding:
+                continue
+            tp = pending.pos[:2]
+            if t_us < firsts.get(tp, UNBOUNDED):  # type: ignore[arg-type]
+                firsts[tp] = t_us  # type: ignore[index]
+        out = {}
+        for tp, part in self._parts.items():
+            seen = UNBOUNDED if self._idle(part, now_s) else part.max_t_us
+            out[tp] = min(firsts.get(tp, UNBOUNDED), seen)
+        return out
+
+    def applied_offsets(self, excluding: Collection[int] = ()) -> dict[TopicPartition, int]:
+        """Per owned partition, the first offset whose effects may not be stored yet (the
+        oldest event still waiting in the buffer): where to resume if the store lost data."""
+        firsts: dict[TopicPartition, int] = {}
+        for _, _, _, pending in self._heap:
+            if id(pending) in excluding:
+                continue
+            tp = pending.pos[:2]
+            off = pending.pos.offset
+            if off < firsts.get(tp, UNBOUNDED):  # type: ignore[arg-type]
+                firsts[tp] = off  # type: ignore[index]
+        return {tp: firsts.get(tp, part.next_offset) for tp, part in self._parts.items()}
+
+    def commit_offsets(self) -> dict[TopicPartition, int]:
+        """Per owned partition, the offset to commit: the first message not finished."""
+        return {
+            tp: min(part.open) if part.open else part.next_offset
+            for tp, part in self._parts.items()
+        }
+
+    def over_capacity(self) -> bool:
+        """Whether to stop fetching from partitions that are ahead in event time."""
+        return len(self._heap) >= self.max_events
+
+    def laggards(self) -> set[TopicPartition]:
+        """Partitions holding the frontier back (lowest event time): keep fetching these."""
+        if not self._parts:
+            return set()
+        lowest = min(p.max_t_us for p in self._parts.values())
+        return {tp for tp, p in self._parts.items() if p.max_t_us == lowest}

@@ -1,0 +1,146 @@
+"""HTTP views of a worker (Faust web, bound to loopback unless configured otherwise).
+
+- ``GET /health``: 200 when the worker has decided a batch since its last failure, else 503.
+- ``GET /metrics``: Prometheus text.
+- ``POST /score/pledge``: score one pledge (wire-format JSON) on demand, without writing or
+  emitting anything; rate limited per client with a token bucket in Redis.
+- ``POST /freezes/release``: release a payout freeze (manual review done).
+
+When ``http.api_key`` is set, both POST views require ``X-API-Key`` (401 otherwise,
+compared in constant time) and the rate limit is kept per key; else per client address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import faust
+import msgspec
+from faust.web import Request, Response, View
+
+from escrowguard.errors import DecodeError, EscrowguardError
+from escrowguard.events import PledgeCreated, decode
+from escrowguard.outputs import PayoutFreeze
+from escrowguard.stream_app.ordering import UNBOUNDED, Pending, Position
+
+if TYPE_CHECKING:
+    from escrowguard.stream_app.app import Runtime
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ReleaseRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``POST /freezes/release``."""
+
+    freeze_id: str
+    project_id: str
+    milestone_id: str
+    reason: str
+
+
+def register_views(app: faust.App, runtime: Runtime) -> None:
+    """Attach the views to the Faust app."""
+    api_key = runtime.settings.http.api_key
+    per_minute = runtime.settings.http.rate_limit_per_minute
+
+    async def guard(view: View, request: Request) -> tuple[str, Response | None]:
+        """Authenticate and rate-limit; returns (client id, error response or None)."""
+        if api_key:
+            given = request.headers.get("X-API-Key", "")
+            if not hmac.compare_digest(given.encode(), api_key.reveal().encode()):
+                return "", view.json({"error": "missing or wrong X-API-Key"}, status=401)
+            client = "key-" + hashlib.sha256(given.encode()).hexdigest()[:16]
+        else:
+            client = "ip-" + str(getattr(request, "remote", None) or "unknown")
+        try:
+            allowed, retry = await runtime.store.take_token(client, per_minute)
+        except EscrowguardError as exc:
+            return client, view.json({"error": str(exc)}, status=503)
+        if not allowed:
+            response = view.json({"error": "rate limit exceeded", "retry_after_s": retry},
+                                 status=429)
+            response.headers["Retry-After"] = str(retry)
+            return client, response
+        return client, None
+
+    @app.page("/health")
+    class Health(View):  # type: ignore[misc]
+        async def get(self, request: Request) -> Response:
+            status = runtime.worker.status(time.monotonic())
+            body = {"status": "ok" if runtime.healthy else "degraded",
+                    "model_version": runtime.models.version, **status}
+            return self.json(body, status=200 if runtime.healthy else 503)
+
+    @app.page("/metrics")
+    class Metrics(View):  # type: ignore[misc]
+        async def get(self, request: Request) -> Response:
+            monitor = runtime.processor.monitor
+            if monitor is not None:
+                for key, value in monitor.status().items():
+                    _export_monitor(runtime, key, value)
+            return self.text(runtime.metrics.render(), content_type=PROMETHEUS_CONTENT_TYPE)
+
+    @app.page("/score/pledge")
+    class ScorePledge(View):  # type: ignore[misc]
+        async def post(self, request: Request) -> Response:
+            _, denied = await guard(self, request)
+            if denied is not None:
+                return denied
+            body = await request.read()
+            try:
+                event = decode(body, max_bytes=runtime.settings.worker.max_message_bytes)
+            except DecodeError as exc:
+                return self.json({"error": str(exc), "reason": exc.reason}, status=400)
+            if not isinstance(event, PledgeCreated):
+                return self.json({"error": "expected a pledge_created event",
+                                  "reason": "wrong_event_type"}, status=400)
+            pending = Pending(event, Position("http", 0, 0), event.occurred_us,
+                              time.monotonic(), body)
+            reads = await runtime.store.read([pending], [], UNBOUNDED, (), gate=False)
+            result = runtime.processor.score_pledge_now(pending, reads.events[0].context)
+            return self.json(result)
+
+    @app.page("/freezes/release")
+    class ReleaseFreeze(View):  # type: ignore[misc]
+        async def post(self, request: Request) -> Response:
+            _, denied = await guard(self, request)
+            if denied is not None:
+                return denied
+            try:
+                req = msgspec.json.decode(await request.read(), type=ReleaseRequest)
+            except msgspec.DecodeError as exc:
+                return self.json({"error": str(exc)}, status=400)
+            release = build_release(req.freeze_id, req.project_id, req.milestone_id,
+                                    req.reason, runtime.models.version)
+            await runtime.publisher.send_all([release])
+            return self.json({"released": req.freeze_id})
+
+
+def build_release(
+    freeze_id: str, project_id: str, milestone_id: str, reason: str, model_version: str
+) -> PayoutFreeze:
+    """A manual-review release of a freeze (same ``freeze_id`` as the freeze)."""
+    now = datetime.now(UTC)
+    return PayoutFreeze(
+        freeze_id=freeze_id, action="release", project_id=project_id,
+        milestone_id=milestone_id, reason=f"manual_release: {reason}", risk_score=None,
+        alert_ids=[], occurred_at=now, emitted_at=now, model_version=model_version,
+    )
+
+
+def _export_monitor(runtime: Runtime, key: str, value: float) -> None:
+    m = runtime.metrics
+    kind, _, name = key.partition(":")
+    if kind == "shift":
+        m.set("escrowguard_drift_shift", value, feature=name)
+    elif kind == "detected":
+        m.set("escrowguard_drift_detected", value, monitor=name)
+    elif key == "accuracy" and value == value:
+        m.set("escrowguard_online_accuracy", value)
+    elif key == "auc" and value == value:
+        m.set("escrowguard_online_auc", value)
+

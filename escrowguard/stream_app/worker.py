@@ -1,0 +1,254 @@
+"""The scoring worker's loop body, independent of how messages are consumed.
+
+``ScoringWorker`` takes raw messages from a consumption adapter (the aiokafka batch consumer
+or the Faust agent, ``app.py``), decodes them, buffers them until the event-time frontier
+passes them, and decides them batch by batch:
+
+    read contexts (Lua) -> decide (pure) -> write effects + frontier (Lua)
+    -> send outputs and dead letters (acks=all) -> mark finished -> commit offsets
+
+Any failure after the read rewinds the adapter to the last committed offsets; everything
+it then re-reads is either a redelivery (same position, already applied: decided again to
+re-send the same output ids) or not yet applied. Nothing is lost, nothing counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from escrowguard.errors import DecodeError
+from escrowguard.events import decode
+from escrowguard.logs import log_event
+from escrowguard.outputs import Alert, AnyOutput, DeadLetter, MilestoneDecision, PayoutFreeze
+from escrowguard.reasons import Reason
+from escrowguard.settings import Settings
+from escrowguard.stream_app.emit import dead_letter
+from escrowguard.stream_app.metrics import Metrics
+from escrowguard.stream_app.ordering import (
+    UNBOUNDED,
+    Pending,
+    Position,
+    ReorderBuffer,
+    TopicPartition,
+)
+from escrowguard.stream_app.pipeline import BatchProcessor, BatchReads, Writes
+from escrowguard.topics import input_topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """One consumed message, as any consumption adapter hands it over."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+class Store(Protocol):
+    """The feature store contract (``store.RedisStore``, ``memory_store.MemoryStore``)."""
+
+    async def read(self, candidates: Sequence[Pending], own: Sequence[str], own_bound: int,
+                   cached_days: Iterable[int]) -> BatchReads: ...
+
+    async def write(self, writes: Writes, frontiers: dict[str, int], processed_max: int,
+                    positions: dict[str, int], labels_key: str = "") -> int: ...
+
+
+class Sender(Protocol):
+    """Where outputs go (``emit.Publisher`` or a list in tests)."""
+
+    async def send_all(self, outputs: Sequence[AnyOutput]) -> None: ...
+
+
+def tp_key(tp: TopicPartition) -> str:
+    """``topic:partition``: how partitions are named in the store."""
+    return f"{tp[0]}:{tp[1]}"
+
+
+class ScoringWorker:
+    """Decode, order, decide, store, emit; one instance per worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        processor: BatchProcessor,
+        sender: Sender,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.processor = processor
+        self.sender = sender
+        self.metrics = metrics or Metrics()
+        w = settings.worker
+        self.buffer = ReorderBuffer(w.reorder_buffer_max_events, w.idle_partition_ms / 1000)
+        self.topic_suffix = {
+            name: name[len(settings.topics.prefix):] for name in input_topics(settings.topics)
+        }
+        self._dead: list[tuple[DeadLetter, Position]] = []
+        self._bandit: dict[int, dict[str, tuple[int, int]]] = {}
+        self._processed_max = -(2**62)
+        self._last_log_s = 0.0
+
+    # --- partitions ---
+
+    def assign(self, positions: dict[TopicPartition, int], now_s: float) -> None:
+        """Partitions given to this worker, each with the offset it resumes from."""
+        self.buffer.assign(positions, now_s)
+
+    def revoke(self, tps: Iterable[TopicPartition]) -> None:
+        """Partitions taken away (their buffered events are re-read by the new owner)."""
+        self.buffer.revoke(tps)
+        self._dead = [(d, p) for d, p in self._dead if p[:2] not in set(tps)]
+
+    # --- intake ---
+
+    def ingest(self, messages: Iterable[RawMessage], now_s: float, wall: datetime) -> None:
+        """Decode messages into the buffer; contract violations become dead letters."""
+        w = self.settings.worker
+        future_limit_us = _to_us(wall) + w.max_future_skew_s * 1_000_000
+        for msg in messages:
+            pos = Position(msg.topic, msg.partition, msg.offset)
+            raw = msg.value or b""
+            self.metrics.inc("escrowguard_events_in_total", topic=msg.topic)
+            try:
+                event = decode(raw, max_bytes=w.max_message_bytes,
+                               unknown_fields=w.unknown_fields)
+            except DecodeError as exc:
+                self._reject(raw, pos, exc.reason, str(exc), None, now_s, wall)
+                continue
+            if self.topic_suffix.get(msg.topic) != event.topic_suffix:
+                self._reject(raw, pos, Reason.WRONG_TOPIC,
+                             f"{event.event_type} belongs on the '{event.topic_suffix}' topic",
+                             event.event_id, now_s, wall)
+                continue
+            t_us = event.occurred_us
+            if t_us > future_limit_us:
+                self._reject(raw, pos, Reason.FUTURE_TIMESTAMP,
+                             f"occurred_at is more than {w.max_future_skew_s} s in the future",
+                             event.event_id, now_s, wall)
+                continue
+            self.buffer.add(Pending(event, pos, t_us, now_s, raw))
+
+    def _reject(self, raw: bytes, pos: Position, reason: str, detail: str,
+                event_id: str | None, now_s: float, wall: datetime) -> None:
+        self.buffer.add_finished(pos, now_s)
+        self._dead.append((dead_letter(raw, pos, reason, detail, event_id, wall), pos))
+
+    # --- deciding ---
+
+    async def drain(self, now_s: float, wall: datetime) -> int:
+        """Decide every buffered event the frontier allows; returns how many."""
+        decided = 0
+        cfg = self.settings.worker
+        own = [tp_key(tp) for tp in self.buffer.partitions]
+        while True:
+            bound = self.buffer.own_bound(now_s)
+            candidates = self.buffer.candidates(cfg.batch_max_events, bound)
+            if not candidates and not self._dead:
+                return decided
+            started = time.perf_counter()
+            outputs: list[AnyOutput] = [d for d, _ in self._dead]
+            finished = [p for _, p in self._dead]
+            reads = None
+            if candidates:
+                reads = await self.store.read(candidates, own, bound, self._bandit.keys())
+                self._bandit.update(reads.bandit)
+            processed: list[Pending] = []
+            if reads is not None and reads.events:
+                outcome = self.processor.process(candidates, reads, wall)
+                processed = outcome.processed
+                deciding = {id(p) for p in processed}
+                fresh_max = max((p.t_us for p in processed), default=self._processed_max)
+                labels = await self.store.write(
+                    outcome.writes,
+                    {tp_key(tp): t for tp, t in self.buffer.frontiers(now_s, deciding).items()},
+                    max(self._processed_max, fresh_max),
+                    {tp_key(tp): off
+                     for tp, off in self.buffer.applied_offsets(deciding).items()},
+                    labels_key=f"labels:{self.processor.models.version}",
+                )
+                self._processed_max = max(self._processed_max, fresh_max)
+                outputs += outcome.outputs
+                for note in outcome.dead_letters:
+                    p = note.pending
+                    outputs.append(dead_letter(p.raw, p.pos, note.reason, note.detail,
+                                               p.event.event_id, wall))
+                outputs += self.processor.monitor_alerts(labels, wall)
+                finished += [p.pos for p in processed]
+                self._count(processed, outcome.duplicates, outcome.redeliveries)
+            # Only once everything is stored and sent does the buffer move on: a failure
+            # anywhere above leaves it as it was, and the retry decides the same batch again
+            # (now as redeliveries) and re-sends the same ids.
+            await self.sender.send_all(outputs)
+            self.buffer.take(processed)
+            self.buffer.finish(finished)
+            self._dead = []
+            self._count_outputs(outputs)
+            n = len(finished)
+            decided += n
+            self.metrics.observe("escrowguard_batch_size", n)
+            self.metrics.observe("escrowguard_batch_seconds", time.perf_counter() - started)
+            if reads is not None and not reads.events and not outputs:
+                return decided  # waiting for the frontier: nothing more to do now
+
+    # --- bookkeeping ---
+
+    def _count(self, processed: Sequence[Pending], duplicates: int, redeliveries: int) -> None:
+        m = self.metrics
+        for p in processed:
+            m.inc("escrowguard_events_scored_total", event_type=p.event.event_type)
+        if duplicates:
+            m.inc("escrowguard_duplicates_total", duplicates)
+        if redeliveries:
+            m.inc("escrowguard_redeliveries_total", redeliveries)
+
+    def _count_outputs(self, outputs: Sequence[AnyOutput]) -> None:
+        m = self.metrics
+        for o in outputs:
+            if isinstance(o, Alert):
+                m.inc("escrowguard_alerts_total", kind=o.kind)
+            elif isinstance(o, PayoutFreeze):
+                m.inc("escrowguard_freezes_total")
+            elif isinstance(o, MilestoneDecision):
+                m.inc("escrowguard_decisions_total", route=o.route)
+            else:
+                m.inc("escrowguard_dead_letters_total", reason=o.reason)
+
+    def status(self, now_s: float) -> dict[str, object]:
+        """A snapshot for /health and logs."""
+        frontiers = self.buffer.frontiers(now_s)
+        finite = [t for t in frontiers.values() if t < UNBOUNDED]
+        return {
+            "partitions": len(self.buffer.partitions),
+            "buffered": len(self.buffer),
+            "frontier_us": min(finite) if finite else None,
+            "processed_max_us": self._processed_max,
+        }
+
+    def maybe_log(self, now_s: float, every_s: float = 10.0) -> None:
+        """One INFO line with progress every ``every_s`` seconds."""
+        if now_s - self._last_log_s < every_s:
+            return
+        self._last_log_s = now_s
+        m = self.metrics
+        log_event(
+            log, "worker_progress",
+            scored=int(sum(m.values.get("escrowguard_events_scored_total", {}).values())),
+            dead_letters=int(sum(m.values.get("escrowguard_dead_letters_total", {}).values())),
+            alerts=int(sum(m.values.get("escrowguard_alerts_total", {}).values())),
+            buffered=len(self.buffer),
+        )
+
+
+def _to_us(moment: datetime) -> int:
+    return int(moment.replace(tzinfo=moment.tzinfo or UTC).timestamp() * 1_000_000)
