@@ -159,5 +159,45 @@ def infra_create_topics_cmd(ctx: Context, partitions: int | None, wait_s: float)
         click.echo(f"{name} {'created' if name in created else 'exists'}")
 
 
+@main.command("generate")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for the six Parquet tables, events.jsonl and labels.json.",
+)
+@click.option("--seed", type=int, default=42, show_default=True, help="Random seed (>= 0).")
+@click.option(
+    "--scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Multiplies entity counts: 1 is 200 projects and ~12k events; 100 is ~1.1M events.",
+)
+@friendly_errors
+def generate_cmd(out_dir: Path, seed: int, scale: float) -> None:
+    """Write a synthetic platform history with labelled attacks (same seed, same bytes)."""
+    import time  # noqa: PLC0415
+
+    from escrowguard.producers.files import (  # noqa: PLC0415 - keep `--help` fast
+        prepare_out_dir,
+        summary_lines,
+        write_history,
+    )
+    from escrowguard.producers.generator import check_options, generate_history  # noqa: PLC0415
+    from escrowguard.producers.progress import RichPhases  # noqa: PLC0415
+
+    check_options(seed, scale)
+    prepare_out_dir(out_dir)
+    started = time.perf_counter()
+    with RichPhases() as phases:
+        history = generate_history(seed, scale, progress=phases)
+        sizes = write_history(history, out_dir, progress=phases)
+    click.echo(f"wrote {out_dir}")
+    for line in summary_lines(history, sizes, time.perf_counter() - started):
+        click.echo(line)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
