@@ -49,6 +49,7 @@ __all__ = [
     "ScorerKind",
     "ScoringSuite",
     "Standardizer",
+    "average_path_length",
     "compile_model",
     "compile_trees",
     "is_scorable",
