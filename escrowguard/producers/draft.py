@@ -26,6 +26,8 @@ APPROVAL_TARGET: Final = 0.7
 AMOUNT_MEDIAN_CENTS: Final = 3_000
 AMOUNT_EXPONENT: Final = 0.75
 AMOUNT_SIGMA: Final = 0.6
+#: Popular projects draw bigger pledges: the median also scales with ``pull ** this``.
+AMOUNT_PULL_EXPONENT: Final = 0.75
 
 
 def voting_power_h(amount_cents: np.ndarray) -> np.ndarray:

@@ -1,28 +1,37 @@
 """Synthetic platform history: creators, backers, projects, pledges, milestones and votes,
-with labelled attacks, drawn from one seeded ``numpy`` generator.
+with labelled attacks (``attacks``), drawn from one seeded ``numpy`` generator (PCG64).
 
 ``generate_history(seed, scale)`` is pure (no I/O, no wall clock, no hash-order iteration):
-the same seed and scale give the same bytes. ``export.write_history`` writes it out.
+the same seed and scale give the same bytes. ``files.write_history`` writes it out.
 
-The shape, at scale 1 (``scale`` multiplies entity counts; the history always spans the 365
-days from 2025-01-01T00:00:00Z, so density grows with the scale):
+The shape, at scale 1 (``scale`` multiplies entity counts; the history is always the 365
+days [2025-01-01T00:00:00Z, 2026-01-01T00:00:00Z), so density grows with the scale; times
+are whole seconds):
 
 - 50 creators, reputation ``10 * Beta(2.2, 1.8)``, each owning one or two wallets; a
-  creator's projects use their wallets in turn.
-- 200 projects created over the first 330 days; campaigns of 30-60 days. A project's
-  *pull* is Pareto popularity times ``exp(0.15 * (reputation - 5))``; its pledge count is
-  Poisson in the pull and its goal grows sub-linearly with the expected raise, so its
-  funding ratio rises with pull relative to goal. Pledges arrive front-loaded over the
-  campaign (Beta-distributed, per-project shape), so midpoint momentum predicts success.
-- 1,000 backers with Pareto wealth; busier backers are wealthier; amounts are lognormal
-  around a wealth-dependent median, exact to the cent.
-- 3-5 milestones per project, created right after it, paying out shares of the goal;
-  milestone k votes in a 7-day window opening ``deadline + 20k`` days. Only funded projects'
-  milestones get votes, from backers who pledged to the project. A milestone's quality q
-  (each voter approves with probability q) depends on the creator's reputation plus noise.
+  creator's projects use their wallets in turn (1st, 3rd... project the first wallet).
+- 200 projects created over the first 330 days; campaigns of 30-60 days; status 1 active
+  (deadline at or after the history end), 2 funded, 3 failed. A project's *pull* is Pareto
+  popularity (alpha 1.2, capped at 80) times ``exp(0.15 * (reputation - 5))``; its organic
+  pledge count is Poisson(11 + 1.1 * pull) and its amounts scale with ``pull ** 0.75``.
+  Goals grow as ``expected_raise ** 0.6`` with lognormal noise, then one global factor is
+  set so that 56% of finished projects meet their goal on organic pledges: the funding
+  ratio depends on pull versus goal. Pledges arrive front-loaded over the campaign
+  (Beta(a, 1.7), a per project in 0.6-1.2), so midpoint momentum predicts success.
+- 1,000 backers with Pareto wealth (alpha 2, capped at 100); busier backers are wealthier
+  (activity ``wealth ** 0.8``); amounts are lognormal around ``$30 * wealth ** 0.75``
+  (times the project's size), exact to the cent, at least $1. Pareto draws use stratified
+  uniforms so every sample covers the whole distribution (shares stay put across seeds).
+- 3-5 milestones per project, created 1-5 seconds after it, paying out shares of the goal
+  (summing to it exactly); milestone k votes in a 7-day window opening ``deadline + 20k``
+  days. Only funded projects' milestones get votes: 12-29 of the project's backers are
+  asked (at most 95% of them), each approving with probability q. A milestone is bad
+  (q 0.1-0.55) with a probability falling with the creator's reputation plus a per-project
+  propensity (so earlier outcomes predict later ones), else good (q 0.8-0.98).
 - ``voting_power`` of a pledge = amount / 100 rounded half-up to 2 places;
   ``vote_weight`` = the voter's summed voting power in that project; ``approval_rate`` =
-  weighted share approving, rounded to 4 places; ``approved`` = approval_rate >= 0.7.
+  weighted share approving, rounded to 4 places; ``approved`` = approval_rate >= 0.7; a
+  milestone resolves 1 hour after its window closes, when that is inside the history.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from escrowguard.errors import ConfigError
 from escrowguard.producers import attacks
 from escrowguard.producers.draft import (
     AMOUNT_MEDIAN_CENTS,
+    AMOUNT_PULL_EXPONENT,
     DAY_S,
     END_S,
     HOUR_S,
@@ -65,8 +75,6 @@ REPUTATION_PULL: Final = 0.15
 #: Expected organic pledges of a project: ``PLEDGES_BASE + PLEDGES_PER_PULL * pull``.
 PLEDGES_BASE: Final = 11.0
 PLEDGES_PER_PULL: Final = 1.1
-#: Popular projects draw bigger pledges: amounts scale with ``pull ** AMOUNT_PULL_EXPONENT``.
-AMOUNT_PULL_EXPONENT: Final = 0.65
 #: Goals grow as ``expected_raise ** GOAL_ELASTICITY`` with lognormal noise; one global
 #: factor then sets the share of finished projects whose organic pledges meet the goal.
 GOAL_ELASTICITY: Final = 0.6
@@ -236,7 +244,7 @@ def register_backers(draft: Draft) -> None:
 
 def draw_milestones(draft: Draft, exit_projects: np.ndarray) -> None:
     """3-5 milestones per project (5 for exit scams) paying out shares of the goal, each
-    with a quality q: good (0.78-0.98) or bad (0.1-0.6), bad more often at low reputation."""
+    with a quality q: good (0.8-0.98) or bad (0.1-0.55), bad more often at low reputation."""
     rng, projects = draft.rng, draft.projects
     n = projects.size
     count = rng.integers(3, 6, n)
@@ -251,10 +259,10 @@ def draw_milestones(draft: Draft, exit_projects: np.ndarray) -> None:
     funding[first_row + count - 1] += goal_cents - sum_by(project, funding, n)
     opens = projects["deadline_s"][project] + index * MILESTONE_GAP_DAYS * DAY_S
     rep = draft.creators["rep"][projects["creator"]]
-    bad_logit = 1.2 - 0.5 * rep + rng.normal(0.0, 1.0, n)
+    bad_logit = 0.8 - 0.5 * rep + rng.normal(0.0, 1.6, n)
     bad = rng.random(project.size) < 1.0 / (1.0 + np.exp(-bad_logit[project]))
     quality = np.where(
-        bad, rng.uniform(0.1, 0.6, project.size), rng.uniform(0.78, 0.98, project.size)
+        bad, rng.uniform(0.1, 0.55, project.size), rng.uniform(0.8, 0.98, project.size)
     )
     draft.milestones.append(
         project=project,
