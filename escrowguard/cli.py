@@ -101,7 +101,7 @@ def infra_group() -> None:
 @friendly_errors
 def infra_up_cmd(ctx: Context, env_file: Path | None, partitions: int | None) -> None:
     """Start the embedded broker and Redis, create every topic, serve until Ctrl-C."""
-    from escrowguard.infra import serve_embedded  # noqa: PLC0415 - keep `--help` fast
+    from escrowguard.infra import serve_embedded
 
     serve_embedded(ctx.settings, partitions, env_file, announce=click.echo)
 
@@ -117,7 +117,7 @@ def infra_up_cmd(ctx: Context, env_file: Path | None, partitions: int | None) ->
 @friendly_errors
 def infra_check_cmd(ctx: Context, messages: int, compare_defaults: bool) -> None:
     """Smoke-test the configured servers (or embedded ones): produce, consume, Redis."""
-    from escrowguard.infra.check import check_servers  # noqa: PLC0415 - keep `--help` fast
+    from escrowguard.infra.check import check_servers
 
     report = check_servers(ctx.settings, messages, compare_defaults)
     kind = "embedded" if report.embedded else "configured"
@@ -140,9 +140,9 @@ def infra_check_cmd(ctx: Context, messages: int, compare_defaults: bool) -> None
 @friendly_errors
 def infra_create_topics_cmd(ctx: Context, partitions: int | None, wait_s: float) -> None:
     """Create every configured topic on KAFKA_BOOTSTRAP_SERVERS (idempotent)."""
-    from escrowguard.errors import ConfigError  # noqa: PLC0415
-    from escrowguard.infra import create_topics, kafka_answers, wait_until  # noqa: PLC0415
-    from escrowguard.topics import all_topics  # noqa: PLC0415
+    from escrowguard.errors import ConfigError
+    from escrowguard.infra import create_topics, kafka_answers, wait_until
+    from escrowguard.topics import all_topics
 
     s = ctx.settings
     if not s.kafka.bootstrap_servers:
@@ -178,15 +178,15 @@ def infra_create_topics_cmd(ctx: Context, partitions: int | None, wait_s: float)
 @friendly_errors
 def generate_cmd(out_dir: Path, seed: int, scale: float) -> None:
     """Write a synthetic platform history with labelled attacks (same seed, same bytes)."""
-    import time  # noqa: PLC0415
+    import time
 
-    from escrowguard.producers.files import (  # noqa: PLC0415 - keep `--help` fast
+    from escrowguard.producers.files import (
         prepare_out_dir,
         summary_lines,
         write_history,
     )
-    from escrowguard.producers.generator import check_options, generate_history  # noqa: PLC0415
-    from escrowguard.producers.progress import RichPhases  # noqa: PLC0415
+    from escrowguard.producers.generator import check_options, generate_history
+    from escrowguard.producers.progress import RichPhases
 
     check_options(seed, scale)
     prepare_out_dir(out_dir)

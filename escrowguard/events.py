@@ -165,11 +165,19 @@ class MilestoneResolved(Event, frozen=True, tag="milestone_resolved"):
 
 
 AnyEvent: TypeAlias = (
-    BackerRegistered | ProjectCreated | MilestoneCreated | PledgeCreated | VoteCast
+    BackerRegistered
+    | ProjectCreated
+    | MilestoneCreated
+    | PledgeCreated
+    | VoteCast
     | MilestoneResolved
 )
 EVENT_TYPES: Final[tuple[type[Event], ...]] = (
-    BackerRegistered, ProjectCreated, MilestoneCreated, PledgeCreated, VoteCast,
+    BackerRegistered,
+    ProjectCreated,
+    MilestoneCreated,
+    PledgeCreated,
+    VoteCast,
     MilestoneResolved,
 )
 EVENT_TYPE_BY_NAME: Final[dict[str, type[Event]]] = {
@@ -197,11 +205,9 @@ _KEY_OR_STRING = re.compile(rb'("(?:[^"\\]|\\.)*")(\s*:)?', re.S)
 _AT_FIELD = re.compile(r"at `\$\.([A-Za-z_]+)`")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _WHITESPACE = b" \t\r\n"
-_FIELDS: Final[dict[type[Event], tuple[str, ...]]] = {
-    t: t.__struct_fields__ for t in EVENT_TYPES
-}
+_FIELDS: Final[dict[type[Event], tuple[str, ...]]] = {t: t.__struct_fields__ for t in EVENT_TYPES}
 _ID_FIELDS: Final[dict[type[Event], tuple[str, ...]]] = {
-    t: tuple(n for n, h in t.__annotations__.items() if h == "Id") + ("event_id",)
+    t: (*tuple(n for n, h in t.__annotations__.items() if h == "Id"), "event_id")
     for t in EVENT_TYPES
 }
 _ALL_ID_FIELDS: Final = frozenset(n for names in _ID_FIELDS.values() for n in names)
@@ -232,6 +238,13 @@ def decode(
         raise DecodeError(
             Reason.TOO_LARGE, f"message is {len(data)} bytes, over the {max_bytes}-byte limit"
         )
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError(
+                Reason.NOT_UTF8, f"message is not valid UTF-8: {exc.reason} at byte {exc.start}"
+            ) from None
     try:
         event = _STRICT.decode(data)
     except UnicodeDecodeError as exc:
@@ -255,7 +268,8 @@ def decode(
 
 def _decode_ignoring_unknown(data: bytes) -> AnyEvent:
     obj = msgspec.json.decode(data)
-    cls = EVENT_TYPE_BY_NAME.get(obj.get("event_type")) if isinstance(obj, dict) else None
+    tag = obj.get("event_type") if isinstance(obj, dict) else None
+    cls = EVENT_TYPE_BY_NAME.get(tag) if isinstance(tag, str) else None
     if cls is None:
         raise _translate("Invalid value - at `$.event_type`")
     known = {k: v for k, v in obj.items() if k in cls.__struct_fields__ or k == "event_type"}
@@ -325,11 +339,9 @@ def _translate(message: str) -> DecodeError:
     if field == "event_type":
         if message.startswith("Invalid value"):
             value = message.split("'")[1] if "'" in message else ""
-            return DecodeError(
-                Reason.UNKNOWN_EVENT_TYPE, f"unknown event_type '{value}'", field
-            )
+            return DecodeError(Reason.UNKNOWN_EVENT_TYPE, f"unknown event_type '{value}'", field)
         return DecodeError(Reason.WRONG_TYPE, "event_type must be a string", field)
-    if field == "schema_version" and message.startswith("Invalid value"):
+    if field == "schema_version" and message.startswith("Invalid"):
         return DecodeError(
             Reason.UNSUPPORTED_SCHEMA_VERSION,
             f"unsupported schema_version (this decoder reads {SCHEMA_VERSION})",
@@ -340,15 +352,14 @@ def _translate(message: str) -> DecodeError:
             return DecodeError(
                 Reason.TIMESTAMP_WITHOUT_TIMEZONE, f"{field} has no timezone offset", field
             )
-        return DecodeError(
-            Reason.INVALID_TIMESTAMP, f"{field} is not an RFC 3339 timestamp", field
-        )
+        return DecodeError(Reason.INVALID_TIMESTAMP, f"{field} is not an RFC 3339 timestamp", field)
     if field in _ALL_ID_FIELDS and "of length" in message:
         return DecodeError(
             Reason.INVALID_ID, f"{field} must be 1-{MAX_ID_LENGTH} characters long", field
         )
     if message.startswith("Expected"):
-        return DecodeError(Reason.WRONG_TYPE, f"{field}: {message.split(' - at')[0]}", field)
+        what = message.split(" - at", maxsplit=1)[0]
+        return DecodeError(Reason.WRONG_TYPE, f"{field}: {what}", field)
     return DecodeError(Reason.WRONG_TYPE, message, field)
 
 
@@ -363,7 +374,8 @@ def _non_negative(value: float, name: str) -> None:
 def _check_project(ev: ProjectCreated) -> None:
     if not 0 <= ev.creator_reputation <= 10:
         raise DecodeError(
-            Reason.REPUTATION_OUT_OF_RANGE, "creator_reputation must be within 0-10",
+            Reason.REPUTATION_OUT_OF_RANGE,
+            "creator_reputation must be within 0-10",
             "creator_reputation",
         )
     if ev.deadline <= ev.occurred_at:
@@ -428,8 +440,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         props = schema["$defs"][cls.__name__]["properties"]
         for money_field in _MONEY_FIELDS[cls]:
             # the wire form is a JSON number, not msgspec's default decimal-as-string
-            props[money_field] = {"description": props[money_field]["description"],
-                                  **_MONEY_SCHEMA}
+            props[money_field] = {"description": props[money_field]["description"], **_MONEY_SCHEMA}
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["title"] = name
         out[name] = schema

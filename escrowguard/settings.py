@@ -338,36 +338,55 @@ def _check(s: Settings) -> None:
     need(s.worker.batch_max_wait_ms >= 0, "worker.batch_max_wait_ms", "must be >= 0")
     need(
         s.worker.reorder_buffer_max_events >= s.worker.batch_max_events,
-        "worker.reorder_buffer_max_events", "must be >= worker.batch_max_events",
+        "worker.reorder_buffer_max_events",
+        "must be >= worker.batch_max_events",
     )
     need(s.worker.max_message_bytes >= 1024, "worker.max_message_bytes", "must be >= 1024")
     need(s.worker.dedupe_ttl_s >= 3600, "worker.dedupe_ttl_s", "must be >= 3600")
     need(1 <= s.http.port <= 65535, "http.port", "must be a TCP port (1-65535)")
     need(s.http.rate_limit_per_minute >= 1, "http.rate_limit_per_minute", "must be >= 1")
     need(len(s.bandit.arms) >= 2, "bandit.arms", "needs at least two arms")
-    for key in ("risk_auto_approve_below", "risk_freeze_at", "approval_target",
-                "project_at_risk_below", "project_checkpoint_fraction", "sybil_max_hhi",
-                "sybil_max_shared_wallet_share", "exit_scam_low_approval", "drift_max_shift",
-                "retrain_min_accuracy"):
+    for key in (
+        "risk_auto_approve_below",
+        "risk_freeze_at",
+        "approval_target",
+        "project_at_risk_below",
+        "project_checkpoint_fraction",
+        "sybil_max_hhi",
+        "sybil_max_shared_wallet_share",
+        "exit_scam_low_approval",
+        "drift_max_shift",
+        "retrain_min_accuracy",
+    ):
         value = getattr(s.thresholds, key)
         need(0.0 <= value <= 1.0, f"thresholds.{key}", f"must be within 0-1, got {value}")
     need(
         s.thresholds.risk_auto_approve_below <= s.thresholds.risk_freeze_at,
-        "thresholds.risk_auto_approve_below", "must be <= thresholds.risk_freeze_at",
+        "thresholds.risk_auto_approve_below",
+        "must be <= thresholds.risk_freeze_at",
     )
     k = s.kafka
     if k.security_protocol.startswith("SASL"):
         need(bool(k.sasl_mechanism), "kafka.sasl_mechanism", f"required with {k.security_protocol}")
         need(bool(k.sasl_username), "kafka.sasl_username", f"required with {k.security_protocol}")
-        need(bool(k.sasl_password), "kafka.sasl_password",
-             f"required with {k.security_protocol} (or kafka.sasl_password_file)")
+        need(
+            bool(k.sasl_password),
+            "kafka.sasl_password",
+            f"required with {k.security_protocol} (or kafka.sasl_password_file)",
+        )
     else:
-        need(not (k.sasl_username or k.sasl_password), "kafka.sasl_username",
-             f"SASL credentials are set but kafka.security_protocol is {k.security_protocol}: "
-             "set it to SASL_PLAINTEXT or SASL_SSL, or remove the credentials")
+        need(
+            not (k.sasl_username or k.sasl_password),
+            "kafka.sasl_username",
+            f"SASL credentials are set but kafka.security_protocol is {k.security_protocol}: "
+            "set it to SASL_PLAINTEXT or SASL_SSL, or remove the credentials",
+        )
     r = s.redis
-    need(not (r.username and not r.password), "redis.password",
-         "redis.username is set without a password (half-configured secret)")
+    need(
+        not (r.username and not r.password),
+        "redis.password",
+        "redis.username is set without a password (half-configured secret)",
+    )
 
 
 def _to_raw(settings: Settings) -> dict[str, Any]:
@@ -375,7 +394,10 @@ def _to_raw(settings: Settings) -> dict[str, Any]:
         settings, enc_hook=lambda v: v.reveal() if isinstance(v, Secret) else v
     )
     # secrets were already resolved from their files
-    for section, file_key in (("kafka", "sasl_password_file"), ("redis", "password_file"),
-                              ("http", "api_key_file")):
+    for section, file_key in (
+        ("kafka", "sasl_password_file"),
+        ("redis", "password_file"),
+        ("http", "api_key_file"),
+    ):
         raw[section][file_key] = ""
     return raw

@@ -99,5 +99,7 @@ def check_event(event: AnyEvent, ctx: object) -> Reason | None:
         return check_registration(event, ctx)  # type: ignore[arg-type]
     if isinstance(event, ProjectCreated):
         return check_project(event, ctx)  # type: ignore[arg-type]
-    project, existing = ctx  # type: ignore[misc]
+    assert isinstance(event, MilestoneCreated) and isinstance(ctx, tuple)
+    project: ProjectRef | None = ctx[0]
+    existing: MilestoneRef | None = ctx[1]
     return check_milestone(event, project, existing)

@@ -58,13 +58,14 @@ class FeatureWindows(msgspec.Struct, frozen=True):
 
 
 class PledgeContext(msgspec.Struct, gc=False):
-    """As-of state for a pledge: its backer, project, creator's wallets, source wallet."""
+    """As-of state for a pledge: its backer, its project, and its source wallet's history
+    (the pledges it funded; the creators who used it as a creator wallet)."""
 
     backer: BackerRef | None
     backer_pledges: list[PledgeRecord]  # the backer's pledges in the history window
     project: ProjectRef | None
     project_pledges: list[PledgeRecord]  # all of the project's pledges so far
-    creator_wallets: dict[str, int]  # wallets the creator used so far -> first use (us)
+    wallet_creators: dict[str, int]  # creators who used the source wallet so far -> first use
     wallet_pledges: list[PledgeRecord]  # pledges funded by the source wallet, wallet window
     milestones: list[MilestoneRef]  # the project's milestones created so far
 
@@ -164,7 +165,11 @@ def pledge_features(
         campaign = 0.0
     creator_wallet = project.creator_wallet if project else None
     own_wallet = ctx.backer.wallet if ctx.backer else source_wallet
-    other_creator_wallet = source_wallet != creator_wallet and source_wallet in ctx.creator_wallets
+    other_creator_wallet = (
+        project is not None
+        and source_wallet != creator_wallet
+        and project.creator_id in ctx.wallet_creators
+    )
     wallet_backers = {p.backer_id for p in ctx.wallet_pledges} | {backer_id}
     return [
         math.log1p(amount),

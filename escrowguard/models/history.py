@@ -132,23 +132,39 @@ def walk_history(events: Iterable[AnyEvent], windows: FeatureWindows) -> History
             pledges.project_ids.append(event.project_id)
             pledges.backer_ids.append(event.backer_id)
             pledges.t_us.append(event.occurred_us)
-            pledges.rows.append(pledge_features(
-                event.occurred_us, event.amount_cents, event.backer_id, event.source_wallet,
-                ctx, windows,
-            ))
+            pledges.rows.append(
+                pledge_features(
+                    event.occurred_us,
+                    event.amount_cents,
+                    event.backer_id,
+                    event.source_wallet,
+                    ctx,
+                    windows,
+                )
+            )
         elif isinstance(event, VoteCast):
             assert isinstance(ctx, VoteContext) and ctx.milestone is not None
             this_vote = VoteRecord(
-                event.occurred_us, event.event_id, event.backer_id, event.approve,
+                event.occurred_us,
+                event.event_id,
+                event.backer_id,
+                event.approve,
                 event.vote_weight,
             )
             votes.event_ids.append(event.event_id)
             votes.milestone_ids.append(event.milestone_id)
             votes.t_us.append(event.occurred_us)
-            votes.rows.append(vote_state_features(
-                event.occurred_us, [*ctx.votes, this_vote], ctx.milestone, ctx.project,
-                ctx.project_pledges, ctx.resolutions, windows,
-            ))
+            votes.rows.append(
+                vote_state_features(
+                    event.occurred_us,
+                    [*ctx.votes, this_vote],
+                    ctx.milestone,
+                    ctx.project,
+                    ctx.project_pledges,
+                    ctx.resolutions,
+                    windows,
+                )
+            )
         elif isinstance(event, MilestoneResolved):
             final_approval[event.milestone_id] = event.approval_rate
             resolved_at[event.milestone_id] = event.occurred_us
@@ -177,8 +193,8 @@ def read_events(path: Path, max_bytes: int = 64 * 1024) -> Iterator[AnyEvent]:
     if not path.exists():
         raise DataError(f"no events file at {path}")
     with path.open("rb") as fh:
-        for number, line in enumerate(fh, 1):
-            line = line.rstrip(b"\r\n")
+        for number, raw in enumerate(fh, 1):
+            line = raw.rstrip(b"\r\n")
             if not line.strip():
                 continue
             try:

@@ -93,8 +93,16 @@ class ResolutionRecord(msgspec.Struct, frozen=True, gc=False):
 
 def encode_pledge(r: PledgeRecord) -> str:
     """Redis member text of a pledge record (its score is ``t_us``)."""
-    return SEP.join((r.event_id, r.backer_id, r.project_id, str(r.amount_cents),
-                     r.source_wallet, repr(r.voting_power)))
+    return SEP.join(
+        (
+            r.event_id,
+            r.backer_id,
+            r.project_id,
+            str(r.amount_cents),
+            r.source_wallet,
+            repr(r.voting_power),
+        )
+    )
 
 
 def decode_pledge(t_us: int, member: str) -> PledgeRecord:
@@ -116,8 +124,7 @@ def decode_vote(t_us: int, member: str) -> VoteRecord:
 
 def encode_resolution(r: ResolutionRecord) -> str:
     """Redis member text of a resolution record."""
-    return SEP.join((r.event_id, r.milestone_id, repr(r.approval_rate),
-                     "1" if r.approved else "0"))
+    return SEP.join((r.event_id, r.milestone_id, repr(r.approval_rate), "1" if r.approved else "0"))
 
 
 def decode_resolution(t_us: int, member: str) -> ResolutionRecord:
@@ -128,8 +135,17 @@ def decode_resolution(t_us: int, member: str) -> ResolutionRecord:
 
 def encode_milestone(r: MilestoneRef) -> str:
     """Redis member text of a milestone reference (kept in the project's milestone log)."""
-    return SEP.join((r.event_id, r.milestone_id, r.project_id, str(r.index),
-                     str(r.funding_cents), str(r.opens_us), str(r.closes_us)))
+    return SEP.join(
+        (
+            r.event_id,
+            r.milestone_id,
+            r.project_id,
+            str(r.index),
+            str(r.funding_cents),
+            str(r.opens_us),
+            str(r.closes_us),
+        )
+    )
 
 
 def decode_milestone(t_us: int, member: str) -> MilestoneRef:
@@ -140,8 +156,18 @@ def decode_milestone(t_us: int, member: str) -> MilestoneRef:
 
 def encode_project(r: ProjectRef) -> str:
     """Stored text of a project reference."""
-    return SEP.join((str(r.t_us), r.event_id, r.project_id, r.creator_id, r.creator_wallet,
-                     repr(r.reputation), str(r.goal_cents), str(r.deadline_us)))
+    return SEP.join(
+        (
+            str(r.t_us),
+            r.event_id,
+            r.project_id,
+            r.creator_id,
+            r.creator_wallet,
+            repr(r.reputation),
+            str(r.goal_cents),
+            str(r.deadline_us),
+        )
+    )
 
 
 def decode_project(text: str) -> ProjectRef:

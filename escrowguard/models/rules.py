@@ -27,15 +27,23 @@ def wash_trading(
     """
     reasons = []
     if f["source_is_creator_wallet"] >= 1.0:
-        reasons.append(AlertReason(
-            "source_is_creator_wallet", source_wallet, creator_wallet,
-            "the pledge was paid from the project's own creator wallet",
-        ))
+        reasons.append(
+            AlertReason(
+                "source_is_creator_wallet",
+                source_wallet,
+                creator_wallet,
+                "the pledge was paid from the project's own creator wallet",
+            )
+        )
     if f["source_is_creator_other_wallet"] >= 1.0:
-        reasons.append(AlertReason(
-            "source_is_creator_other_wallet", source_wallet, creator_wallet,
-            "the pledge was paid from a wallet the creator used on an earlier project",
-        ))
+        reasons.append(
+            AlertReason(
+                "source_is_creator_other_wallet",
+                source_wallet,
+                creator_wallet,
+                "the pledge was paid from a wallet the creator used on an earlier project",
+            )
+        )
     return reasons or None
 
 
@@ -44,22 +52,29 @@ def sybil_vote(f: Mapping[str, float], th: ThresholdSettings) -> list[AlertReaso
     voters funded from one shared wallet voting alike."""
     reasons = []
     if f["votes"] >= th.sybil_min_votes and f["weight_hhi"] > th.sybil_max_hhi:
-        reasons.append(AlertReason(
-            "weight_hhi", round(f["weight_hhi"], 4), th.sybil_max_hhi,
-            f"vote weight is concentrated: Herfindahl index {f['weight_hhi']:.2f} over "
-            f"{int(f['unique_voters'])} voters (top 3 hold {f['top3_weight_share']:.0%})",
-        ))
+        reasons.append(
+            AlertReason(
+                "weight_hhi",
+                round(f["weight_hhi"], 4),
+                th.sybil_max_hhi,
+                f"vote weight is concentrated: Herfindahl index {f['weight_hhi']:.2f} over "
+                f"{int(f['unique_voters'])} voters (top 3 hold {f['top3_weight_share']:.0%})",
+            )
+        )
     if (
         f["largest_shared_wallet_group"] >= th.sybil_min_shared_wallet_voters
         and f["shared_wallet_voter_share"] >= th.sybil_max_shared_wallet_share
         and f["largest_group_agreement"] >= 0.9
     ):
-        reasons.append(AlertReason(
-            "shared_wallet_voter_share", round(f["shared_wallet_voter_share"], 4),
-            th.sybil_max_shared_wallet_share,
-            f"{int(f['largest_shared_wallet_group'])} voters were funded from one shared "
-            f"wallet and voted alike ({f['largest_group_agreement']:.0%} agreement)",
-        ))
+        reasons.append(
+            AlertReason(
+                "shared_wallet_voter_share",
+                round(f["shared_wallet_voter_share"], 4),
+                th.sybil_max_shared_wallet_share,
+                f"{int(f['largest_shared_wallet_group'])} voters were funded from one shared "
+                f"wallet and voted alike ({f['largest_group_agreement']:.0%} agreement)",
+            )
+        )
     return reasons or None
 
 
@@ -79,11 +94,15 @@ def exit_scam(
     rates = ", ".join(f"{r.approval_rate:.0%}" for r in low)
     return [
         AlertReason(
-            "project_funding_ratio", round(funding_ratio, 4), th.exit_scam_min_funding_ratio,
+            "project_funding_ratio",
+            round(funding_ratio, 4),
+            th.exit_scam_min_funding_ratio,
             f"the project raised {funding_ratio:.0%} of its goal",
         ),
         AlertReason(
-            "low_approval_milestones", len(low), th.exit_scam_min_low_milestones,
+            "low_approval_milestones",
+            len(low),
+            th.exit_scam_min_low_milestones,
             f"{len(low)} milestones resolved below {th.exit_scam_low_approval:.0%} approval "
             f"({rates})",
         ),
@@ -95,8 +114,10 @@ def pending_milestones(
 ) -> list[MilestoneRef]:
     """Milestones not resolved yet, in index order."""
     resolved = {r.milestone_id for r in resolutions}
-    return sorted((m for m in milestones if m.milestone_id not in resolved),
-                  key=lambda m: (m.index, m.milestone_id))
+    return sorted(
+        (m for m in milestones if m.milestone_id not in resolved),
+        key=lambda m: (m.index, m.milestone_id),
+    )
 
 
 def route(risk: float, th: ThresholdSettings) -> Route:

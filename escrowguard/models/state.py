@@ -71,31 +71,71 @@ def effects_of(event: AnyEvent) -> Effects:
     t = event.occurred_us
     eid = event.event_id
     if isinstance(event, PledgeCreated):
-        return Effects(pledge=PledgeRecord(
-            t, eid, event.backer_id, event.project_id, event.amount_cents,
-            event.source_wallet, event.voting_power,
-        ))
+        return Effects(
+            pledge=PledgeRecord(
+                t,
+                eid,
+                event.backer_id,
+                event.project_id,
+                event.amount_cents,
+                event.source_wallet,
+                event.voting_power,
+            )
+        )
     if isinstance(event, VoteCast):
-        return Effects(vote=(event.milestone_id, VoteRecord(
-            t, eid, event.backer_id, event.approve, event.vote_weight,
-        )))
+        return Effects(
+            vote=(
+                event.milestone_id,
+                VoteRecord(
+                    t,
+                    eid,
+                    event.backer_id,
+                    event.approve,
+                    event.vote_weight,
+                ),
+            )
+        )
     if isinstance(event, BackerRegistered):
         return Effects(backer=BackerRef(t, eid, event.backer_id, event.wallet))
     if isinstance(event, ProjectCreated):
-        return Effects(project=ProjectRef(
-            t, eid, event.project_id, event.creator_id, event.creator_wallet,
-            event.creator_reputation, event.funding_goal_cents, to_us(event.deadline),
-        ))
+        return Effects(
+            project=ProjectRef(
+                t,
+                eid,
+                event.project_id,
+                event.creator_id,
+                event.creator_wallet,
+                event.creator_reputation,
+                event.funding_goal_cents,
+                to_us(event.deadline),
+            )
+        )
     if isinstance(event, MilestoneCreated):
-        return Effects(milestone=MilestoneRef(
-            t, eid, event.milestone_id, event.project_id, event.index,
-            event.funding_amount_cents, to_us(event.voting_opens_at),
-            to_us(event.voting_closes_at),
-        ))
+        return Effects(
+            milestone=MilestoneRef(
+                t,
+                eid,
+                event.milestone_id,
+                event.project_id,
+                event.index,
+                event.funding_amount_cents,
+                to_us(event.voting_opens_at),
+                to_us(event.voting_closes_at),
+            )
+        )
     if isinstance(event, MilestoneResolved):
-        return Effects(resolution=(event.project_id, ResolutionRecord(
-            t, eid, event.milestone_id, event.approval_rate, event.approved,
-        )))
+        return Effects(
+            resolution=(
+                event.project_id,
+                ResolutionRecord(
+                    t,
+                    eid,
+                    event.milestone_id,
+                    event.approval_rate,
+                    event.approved,
+                ),
+            )
+        )
     raise TypeError(f"not an event: {type(event).__name__}")  # pragma: no cover
 
 
@@ -132,7 +172,7 @@ class MemoryState:
         self.projects: dict[str, ProjectRef] = {}
         self.milestones: dict[str, MilestoneRef] = {}
         self.project_milestones: dict[str, list[MilestoneRef]] = defaultdict(list)
-        self.creator_wallets: dict[str, dict[str, int]] = defaultdict(dict)
+        self.wallet_creators: dict[str, dict[str, int]] = defaultdict(dict)
         self.backer_pledges: dict[str, list[PledgeRecord]] = defaultdict(list)
         self.project_pledges: dict[str, list[PledgeRecord]] = defaultdict(list)
         self.wallet_pledges: dict[str, list[PledgeRecord]] = defaultdict(list)
@@ -164,8 +204,8 @@ class MemoryState:
         elif fx.project is not None:
             pr = fx.project
             _keep_earliest(self.projects, pr.project_id, pr)
-            wallets = self.creator_wallets[pr.creator_id]
-            wallets[pr.creator_wallet] = min(wallets.get(pr.creator_wallet, pr.t_us), pr.t_us)
+            creators = self.wallet_creators[pr.creator_wallet]
+            creators[pr.creator_id] = min(creators.get(pr.creator_id, pr.t_us), pr.t_us)
         elif fx.milestone is not None:
             m = fx.milestone
             _keep_earliest(self.milestones, m.milestone_id, m)
@@ -197,24 +237,30 @@ class MemoryState:
         return ref if ref is not None and ref.t_us < t_us else None
 
     def pledge_context(
-        self, t_us: int, backer_id: str, project_id: str, source_wallet: str,
+        self,
+        t_us: int,
+        backer_id: str,
+        project_id: str,
+        source_wallet: str,
         windows: FeatureWindows,
     ) -> PledgeContext:
         """Everything a pledge at ``t_us`` may see."""
         project = self.project_as_of(project_id, t_us)
-        wallets = {}
-        if project is not None:
-            wallets = {w: first for w, first in self.creator_wallets[project.creator_id].items()
-                       if first < t_us}
+        creators = {
+            c: first
+            for c, first in self.wallet_creators.get(source_wallet, {}).items()
+            if first < t_us
+        }
         return PledgeContext(
             backer=self.backer_as_of(backer_id, t_us),
             backer_pledges=_before(
-                self.backer_pledges.get(backer_id, ()), t_us,
+                self.backer_pledges.get(backer_id, ()),
+                t_us,
                 t_us - windows.backer_history_s * US,
             ),
             project=project,
             project_pledges=_before(self.project_pledges.get(project_id, ()), t_us),
-            creator_wallets=wallets,
+            wallet_creators=creators,
             wallet_pledges=_before(
                 self.wallet_pledges.get(source_wallet, ()), t_us, t_us - windows.wallet_s * US
             ),
@@ -282,18 +328,29 @@ def _earliest(a: Ref | None, b: Ref | None) -> Ref | None:
     return a if (a.t_us, a.event_id) <= (b.t_us, b.event_id) else b
 
 
+def with_overlay(
+    stored: object, overlay: MemoryState, event: AnyEvent, windows: FeatureWindows
+) -> object:
+    """The context of ``event`` over stored state plus not-yet-stored ``overlay`` events.
+
+    Every read is keyed by a field of the event itself (never by another read's result),
+    so the two partial contexts merge without a second lookup.
+    """
+    return merge_contexts(stored, overlay.context_for(event, windows))
+
+
 def merge_contexts(a: object, b: object) -> object:
     """Union of two as-of contexts of the same event (e.g. stored state + this batch)."""
     if isinstance(a, PledgeContext) and isinstance(b, PledgeContext):
-        wallets = dict(a.creator_wallets)
-        for w, first in b.creator_wallets.items():
-            wallets[w] = min(wallets.get(w, first), first)
+        creators = dict(a.wallet_creators)
+        for c, first in b.wallet_creators.items():
+            creators[c] = min(creators.get(c, first), first)
         return PledgeContext(
             backer=_earliest(a.backer, b.backer),
             backer_pledges=_merge_records(a.backer_pledges, b.backer_pledges),
             project=_earliest(a.project, b.project),
             project_pledges=_merge_records(a.project_pledges, b.project_pledges),
-            creator_wallets=wallets,
+            wallet_creators=creators,
             wallet_pledges=_merge_records(a.wallet_pledges, b.wallet_pledges),
             milestones=_merge_records(a.milestones, b.milestones),
         )

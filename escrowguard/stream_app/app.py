@@ -78,9 +78,13 @@ class Runtime:
             partitions += [f"{topic}:{p}" for p in range(self.settings.topics.partitions)]
         await self.store.register_partitions(partitions)
         self.metrics.set("escrowguard_model_info", 1, version=self.models.version)
-        log_event(log, "worker_started", model_version=self.models.version,
-                  consumption=self.settings.worker.consumption,
-                  group=self.settings.kafka.consumer_group)
+        log_event(
+            log,
+            "worker_started",
+            model_version=self.models.version,
+            consumption=self.settings.worker.consumption,
+            group=self.settings.kafka.consumer_group,
+        )
 
     async def stop(self) -> None:
         """Stop the producer and the Redis pool."""
@@ -113,16 +117,25 @@ class Runtime:
                 return n
             except (StoreError, PublishError) as exc:
                 self.healthy = False
-                name = ("escrowguard_store_errors_total" if isinstance(exc, StoreError)
-                        else "escrowguard_publish_errors_total")
+                name = (
+                    "escrowguard_store_errors_total"
+                    if isinstance(exc, StoreError)
+                    else "escrowguard_publish_errors_total"
+                )
                 self.metrics.inc(name)
-                log_event(log, "batch_retry", logging.WARNING, reason=exc.reason,
-                          error=exc.message, retry_in_s=round(delay, 2))
+                log_event(
+                    log,
+                    "batch_retry",
+                    logging.WARNING,
+                    reason=exc.reason,
+                    error=exc.message,
+                    retry_in_s=round(delay, 2),
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.redis.retry_backoff_max_s)
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, service: BatchConsumer) -> None:
         self.service = service
 
@@ -146,8 +159,9 @@ class BatchConsumer(Service):
     async def on_start(self) -> None:
         await self.runtime.start()
         await self.consumer.start()
-        self.consumer.subscribe(input_topics(self.runtime.settings.topics),
-                                listener=_Rebalance(self))
+        self.consumer.subscribe(
+            input_topics(self.runtime.settings.topics), listener=_Rebalance(self)
+        )
 
     async def on_stop(self) -> None:
         await self.consumer.stop()
@@ -187,7 +201,7 @@ class BatchConsumer(Service):
                 continue
             messages = []
             now_s = time.monotonic()
-            for tp, records in batches.items():
+            for records in batches.values():
                 messages += [RawMessage(r.topic, r.partition, r.offset, r.value) for r in records]
             for tp in self.consumer.assignment():
                 self.runtime.worker.buffer.note_fetch(
@@ -230,11 +244,14 @@ class BatchConsumer(Service):
             if high is not None:
                 try:
                     position = self.consumer._subscription.assignment.state_value(tp).position
-                except Exception:  # noqa: BLE001 - lag is best effort
+                except Exception:
                     continue
                 if position is not None:
-                    metrics.set("escrowguard_consumer_lag", max(high - position, 0),
-                                partition=tp_key((tp.topic, tp.partition)))
+                    metrics.set(
+                        "escrowguard_consumer_lag",
+                        max(high - position, 0),
+                        partition=tp_key((tp.topic, tp.partition)),
+                    )
         metrics.set("escrowguard_reorder_buffer_events", len(self.runtime.worker.buffer))
 
 
@@ -287,8 +304,13 @@ def create_app(settings: Settings, bundle: Path | None = None) -> faust.App:
 
 def _add_agent(app: faust.App, runtime: Runtime) -> None:
     s = runtime.settings
-    topics = app.topic(*input_topics(s.topics), value_type=bytes, key_type=bytes,
-                       value_serializer="raw", key_serializer="raw")
+    topics = app.topic(
+        *input_topics(s.topics),
+        value_type=bytes,
+        key_type=bytes,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
 
     @app.task
     async def _start_runtime() -> None:
@@ -298,9 +320,11 @@ def _add_agent(app: faust.App, runtime: Runtime) -> None:
 
     @app.agent(topics, concurrency=1)
     async def score(stream: faust.StreamT) -> None:
-        async for events in stream.noack_take(s.worker.batch_max_events,
-                                              within=s.worker.batch_max_wait_ms / 1000):
+        async for events in stream.noack_take(  # type: ignore[attr-defined]
+            s.worker.batch_max_events, within=s.worker.batch_max_wait_ms / 1000
+        ):
             messages = []
+            for event in events:
                 m = event.message
                 messages.append(RawMessage(m.topic, m.partition, m.offset, m.value))
                 unacked[(m.topic, m.partition, m.offset)] = event
@@ -336,18 +360,17 @@ def _faust_credentials(s: Settings) -> Any:
     )
 
 
-_APP: faust.App | None = None
+_BUILT: dict[str, faust.App] = {}
 
 
 def __getattr__(name: str) -> Any:
     """``faust -A escrowguard.stream_app.app worker`` reads ``app``: built on first access
     from the environment's settings, so importing this module has no side effects."""
-    global _APP
     if name != "app":
         raise AttributeError(name)
-    if _APP is None:
+    if "app" not in _BUILT:
         try:
-            _APP = create_app(load_settings())
+            _BUILT["app"] = create_app(load_settings())
         except EscrowguardError as exc:
             raise SystemExit(f"error [{exc.reason}]: {exc}") from None
-    return _APP
+    return _BUILT["app"]

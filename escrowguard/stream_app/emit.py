@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from escrowguard.errors import PublishError
+from escrowguard.kafka_config import client_options
 from escrowguard.outputs import (
     Alert,
     AnyOutput,
@@ -28,7 +29,6 @@ from escrowguard.outputs import (
     make_id,
 )
 from escrowguard.settings import Settings
-from escrowguard.kafka_config import client_options
 from escrowguard.stream_app.ordering import Position
 from escrowguard.topics import output_topic
 
@@ -49,10 +49,17 @@ def dead_letter(
         text, encoding = base64.b64encode(kept).decode("ascii"), "base64"
     return DeadLetter(
         dead_letter_id=make_id("dl", pos.topic, str(pos.partition), str(pos.offset)),
-        reason=reason, detail=detail[:500], source_topic=pos.topic,
-        source_partition=pos.partition, source_offset=pos.offset, event_id=event_id,
-        original=text, encoding=encoding,  # type: ignore[arg-type]
-        original_size=len(raw), truncated=len(raw) > len(kept), emitted_at=now,
+        reason=reason,
+        detail=detail[:500],
+        source_topic=pos.topic,
+        source_partition=pos.partition,
+        source_offset=pos.offset,
+        event_id=event_id,
+        original=text,
+        encoding=encoding,  # type: ignore[arg-type]
+        original_size=len(raw),
+        truncated=len(raw) > len(kept),
+        emitted_at=now,
     )
 
 
@@ -98,11 +105,13 @@ class Publisher:
         try:
             for output in outputs:
                 suffix, key = route_output(output)
-                futures.append(await self.producer.send(
-                    output_topic(self.settings.topics, suffix),
-                    encode_output(output),
-                    key=key.encode() if key else None,
-                ))
+                futures.append(
+                    await self.producer.send(
+                        output_topic(self.settings.topics, suffix),
+                        encode_output(output),
+                        key=key.encode() if key else None,
+                    )
+                )
             await asyncio.gather(*futures)
         except KafkaError as exc:
             raise PublishError(f"sending {len(outputs)} outputs failed: {exc}") from exc

@@ -34,15 +34,17 @@ def _duration(log1p_s: float) -> str:
 
 _TEXT: dict[str, Callable[[float, PledgeContext, int], str]] = {
     "log_amount": lambda v, c, cents: f"pledge of ${cents / 100:,.2f}",
-    "backer_prior_pledges": lambda v, c, cents: f"{int(v)} earlier pledges by this backer "
-    "in the history window",
+    "backer_prior_pledges": lambda v, c, cents: (
+        f"{int(v)} earlier pledges by this backer in the history window"
+    ),
     "amount_vs_backer_mean": lambda v, c, cents: f"{_ratio(v)} the backer's average pledge",
     "amount_vs_backer_max": lambda v, c, cents: f"{_ratio(v)} the backer's largest pledge",
     "amount_vs_project_mean": lambda v, c, cents: f"{_ratio(v)} this project's average pledge",
     "backer_pledges_1h": lambda v, c, cents: f"{int(v)} pledges by this backer in the last hour",
     "backer_pledges_24h": lambda v, c, cents: f"{int(v)} pledges by this backer in 24 hours",
-    "log_since_prev_pledge_s": lambda v, c, cents: f"{_duration(v)} since the backer's "
-    "previous pledge",
+    "log_since_prev_pledge_s": lambda v, c, cents: (
+        f"{_duration(v)} since the backer's previous pledge"
+    ),
     "log_account_age_s": lambda v, c, cents: f"backer account is {_duration(v)} old",
 }
 

@@ -10,7 +10,12 @@ from __future__ import annotations
 import bisect
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from escrowguard.models.features import FeatureWindows, PledgeContext, ResolutionContext, VoteContext
+from escrowguard.models.features import (
+    FeatureWindows,
+    PledgeContext,
+    ResolutionContext,
+    VoteContext,
+)
 from escrowguard.models.state import MemoryState
 from escrowguard.settings import BanditSettings
 from escrowguard.stream_app.ordering import NEVER, Pending
@@ -20,8 +25,9 @@ from escrowguard.stream_app.pipeline import DAY_US, BatchReads, EventRead, Write
 class MemoryStore:
     """A dict-backed feature store with the RedisStore interface."""
 
-    def __init__(self, windows: FeatureWindows, bandit: BanditSettings,
-                 max_members: int = 2000) -> None:
+    def __init__(
+        self, windows: FeatureWindows, bandit: BanditSettings, max_members: int = 2000
+    ) -> None:
         self.windows = windows
         self.bandit = bandit
         self.max_members = max_members
@@ -57,13 +63,14 @@ class MemoryStore:
         own_bound: int,
         cached_days: Collection[int],
         gate: bool = True,
+        days: Collection[int] = (),
     ) -> BatchReads:
         """The frontier and the as-of context of every eligible candidate."""
         mine = set(own)
         others = [t for tp, t in self.frontier.items() if tp not in mine] if gate else []
         frontier = min([own_bound, *others])
         events = []
-        days: set[int] = set()
+        wanted: set[int] = set(days)
         for pending in candidates:
             if pending.t_us > frontier:
                 break
@@ -73,8 +80,8 @@ class MemoryStore:
             if isinstance(ctx, VoteContext) and ctx.milestone is not None:
                 day = ctx.milestone.opens_us // DAY_US - 1
                 if day not in cached_days:
-                    days.add(day)
-        bandit = {day: self._bandit_counts(day) for day in sorted(days)}
+                    wanted.add(day)
+        bandit = {day: self._bandit_counts(day) for day in sorted(wanted)}
         return BatchReads(frontier, self.processed_max, events, bandit)
 
     def _cap(self, ctx: object) -> object:

@@ -114,11 +114,13 @@ def _labels(labels: Labels | Mapping[str, str]) -> str:
     items = labels.items() if isinstance(labels, Mapping) else labels
     if not items:
         return ""
-    body = ",".join(
-        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(10), " ").replace(chr(34), chr(92) + chr(34))}"'
-        for k, v in items
-    )
+    body = ",".join(f'{k}="{_escape(v)}"' for k, v in items)
     return "{" + body + "}"
+
+
+def _escape(value: str) -> str:
+    """Label value escaping of the text format: backslash, double quote, newline."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _num(value: float) -> str:

@@ -49,14 +49,19 @@ class Monitor:
         self.models = models
         self.th = th
         names = (*MONITORED_PLEDGE_FEATURES, "anomaly_score", "risk_score")
-        self.means = {n: stats.RollingMean(window_size=th.drift_min_samples) for n in names}
+        # river's Rolling wrapper is dynamically typed: annotate what we use of it
+        self.means: dict[str, Any] = {
+            n: utils.Rolling(stats.Mean, window_size=th.drift_min_samples) for n in names
+        }
         self.counts = dict.fromkeys(names, 0)
         self.shift = dict.fromkeys(names, 0.0)
         self.adwin = drift.ADWIN()
         self.page_hinkley = drift.PageHinkley()
-        self.detected: dict[str, bool] = {"adwin_anomaly_score": False,
-                                          "page_hinkley_log_amount": False}
-        self.accuracy = utils.Rolling(metrics.Accuracy(), window_size=EVAL_WINDOW)
+        self.detected: dict[str, bool] = {
+            "adwin_anomaly_score": False,
+            "page_hinkley_log_amount": False,
+        }
+        self.accuracy: Any = utils.Rolling(metrics.Accuracy, window_size=EVAL_WINDOW)
         self.auc = metrics.ROCAUC()
         self.labels = 0
         self._alerts: dict[str, Alert] = {}
@@ -64,11 +69,11 @@ class Monitor:
 
     # --- observations (called by the batch processor, never for redeliveries) ---
 
-    def observe_pledges(self, jobs: Sequence[Any], X: np.ndarray, scores: np.ndarray) -> None:  # noqa: N803
+    def observe_pledges(self, jobs: Sequence[Any], X: np.ndarray, scores: np.ndarray) -> None:
         """Pledge features and anomaly scores of newly decided pledges."""
         if not jobs:
             return
-        self._last_t_us = max(self._last_t_us, max(j[0].t_us for j in jobs))
+        self._last_t_us = max(self._last_t_us, *(j[0].t_us for j in jobs))
         rows = X[: len(jobs)]
         for name in MONITORED_PLEDGE_FEATURES:
             self._observe(name, rows[:, _INDEX[name]], jobs[-1][1].event_id)
@@ -76,20 +81,30 @@ class Monitor:
         for value in scores[: len(jobs)]:
             self.adwin.update(float(value))
             if self.adwin.drift_detected:
-                self._drift_alert("anomaly_score", "adwin", float(value), None,
-                                  "ADWIN detected a change in the anomaly-score distribution",
-                                  jobs[-1][1].event_id)
+                self._drift_alert(
+                    "anomaly_score",
+                    "adwin",
+                    float(value),
+                    None,
+                    "ADWIN detected a change in the anomaly-score distribution",
+                    jobs[-1][1].event_id,
+                )
         for value in rows[:, _INDEX["log_amount"]]:
             self.page_hinkley.update(float(value))
             if self.page_hinkley.drift_detected:
-                self._drift_alert("log_amount", "page_hinkley", float(value), None,
-                                  "Page-Hinkley detected a shift in pledge amounts",
-                                  jobs[-1][1].event_id)
+                self._drift_alert(
+                    "log_amount",
+                    "page_hinkley",
+                    float(value),
+                    None,
+                    "Page-Hinkley detected a shift in pledge amounts",
+                    jobs[-1][1].event_id,
+                )
 
     def observe_votes(self, jobs: Sequence[Any], risks: np.ndarray) -> None:
         """Risk scores of newly decided votes."""
         if jobs:
-            self._last_t_us = max(self._last_t_us, max(j.pending.t_us for j in jobs))
+            self._last_t_us = max(self._last_t_us, *(j.pending.t_us for j in jobs))
             self._observe("risk_score", risks[: len(jobs)], jobs[-1].event.event_id)
 
     def observe_outcomes(self, labels: Sequence[bool], probs: np.ndarray) -> None:
@@ -102,17 +117,32 @@ class Monitor:
         accuracy = self.accuracy.get()
         if self.labels >= EVAL_WINDOW and accuracy < self.th.retrain_min_accuracy:
             alert_id = make_id("al", AlertKind.RETRAIN_NEEDED, self.models.version, "accuracy")
-            self._alerts.setdefault(alert_id, Alert(
-                alert_id=alert_id, kind=AlertKind.RETRAIN_NEEDED, severity="medium",
-                score=round(accuracy, 4), threshold=self.th.retrain_min_accuracy,
-                project_id=None, milestone_id=None, backer_id=None, event_ids=[],
-                reasons=[AlertReason("online_accuracy", round(accuracy, 4),
-                                     self.th.retrain_min_accuracy,
-                                     f"milestone-risk accuracy over the last {EVAL_WINDOW} "
-                                     f"outcomes is {accuracy:.0%}")],
-                occurred_at=from_us(self._last_t_us), emitted_at=from_us(self._last_t_us),
-                model_version=self.models.version,
-            ))
+            self._alerts.setdefault(
+                alert_id,
+                Alert(
+                    alert_id=alert_id,
+                    kind=AlertKind.RETRAIN_NEEDED,
+                    severity="medium",
+                    score=round(accuracy, 4),
+                    threshold=self.th.retrain_min_accuracy,
+                    project_id=None,
+                    milestone_id=None,
+                    backer_id=None,
+                    event_ids=[],
+                    reasons=[
+                        AlertReason(
+                            "online_accuracy",
+                            round(accuracy, 4),
+                            self.th.retrain_min_accuracy,
+                            f"milestone-risk accuracy over the last {EVAL_WINDOW} "
+                            f"outcomes is {accuracy:.0%}",
+                        )
+                    ],
+                    occurred_at=from_us(self._last_t_us),
+                    emitted_at=from_us(self._last_t_us),
+                    model_version=self.models.version,
+                ),
+            )
 
     def _observe(self, name: str, values: np.ndarray, event_id: str) -> None:
         mean = self.means[name]
@@ -123,24 +153,39 @@ class Monitor:
         shift = abs(mean.get() - ref_mean) / max(abs(ref_mean), ref_std, 1e-9)
         self.shift[name] = shift
         if self.counts[name] >= self.th.drift_min_samples and shift > self.th.drift_max_shift:
-            self._drift_alert(name, "reference_shift", mean.get(), ref_mean,
-                              f"rolling mean of {name} over {self.th.drift_min_samples} events "
-                              f"moved {shift:.0%} from the training reference", event_id)
+            self._drift_alert(
+                name,
+                "reference_shift",
+                mean.get(),
+                ref_mean,
+                f"rolling mean of {name} over {self.th.drift_min_samples} events "
+                f"moved {shift:.0%} from the training reference",
+                event_id,
+            )
 
-    def _drift_alert(self, name: str, detector: str, value: float, ref: float | None,
-                     detail: str, event_id: str) -> None:
+    def _drift_alert(
+        self, name: str, detector: str, value: float, ref: float | None, detail: str, event_id: str
+    ) -> None:
         self.detected[f"{detector}_{name}"] = True
         day = self._last_t_us // DAY_US
         alert_id = make_id("al", AlertKind.DRIFT, name, detector, self.models.version, str(day))
         if alert_id in self._alerts:
             return
         self._alerts[alert_id] = Alert(
-            alert_id=alert_id, kind=AlertKind.DRIFT, severity="low",
-            score=round(self.shift.get(name, 0.0), 4), threshold=self.th.drift_max_shift,
-            project_id=None, milestone_id=None, backer_id=None, event_ids=[event_id],
-            reasons=[AlertReason(name, round(value, 4), None if ref is None else round(ref, 4),
-                                 detail)],
-            occurred_at=from_us(self._last_t_us), emitted_at=from_us(self._last_t_us),
+            alert_id=alert_id,
+            kind=AlertKind.DRIFT,
+            severity="low",
+            score=round(self.shift.get(name, 0.0), 4),
+            threshold=self.th.drift_max_shift,
+            project_id=None,
+            milestone_id=None,
+            backer_id=None,
+            event_ids=[event_id],
+            reasons=[
+                AlertReason(name, round(value, 4), None if ref is None else round(ref, 4), detail)
+            ],
+            occurred_at=from_us(self._last_t_us),
+            emitted_at=from_us(self._last_t_us),
             model_version=self.models.version,
         )
 

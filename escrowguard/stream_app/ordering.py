@@ -114,7 +114,7 @@ class ReorderBuffer:
 
     def add(self, pending: Pending) -> None:
         """Buffer a decoded event."""
-        part = self._parts[pending.pos[:2]]  # type: ignore[index]
+        part = self._parts[pending.pos[:2]]
         self._seen(part, pending.pos.offset, pending.received_s)
         part.max_t_us = max(part.max_t_us, pending.t_us)
         part.open[pending.pos.offset] = pending.t_us
@@ -124,7 +124,7 @@ class ReorderBuffer:
     def add_finished(self, pos: Position, now_s: float) -> None:
         """A message that needs no ordering (e.g. undecodable, dead-lettered at once) but
         whose offset may only be committed once its output is sent: call ``finish`` then."""
-        part = self._parts[pos[:2]]  # type: ignore[index]
+        part = self._parts[pos[:2]]
         self._seen(part, pos.offset, now_s)
         part.open[pos.offset] = UNBOUNDED
 
@@ -174,15 +174,13 @@ class ReorderBuffer:
     def finish(self, positions: Iterable[Position]) -> None:
         """Outputs for these messages are sent: their offsets may be committed."""
         for pos in positions:
-            part = self._parts.get(pos[:2])  # type: ignore[arg-type]
+            part = self._parts.get(pos[:2])
             if part is not None and part.open.pop(pos.offset, None) is not None:
                 part.done += 1
 
     # --- what to publish and commit ---
 
-    def frontiers(
-        self, now_s: float, excluding: Collection[int] = ()
-    ) -> dict[TopicPartition, int]:
+    def frontiers(self, now_s: float, excluding: Collection[int] = ()) -> dict[TopicPartition, int]:
         """Per owned partition: every event on it earlier than this has been applied, once
         the events whose ``id()`` is in ``excluding`` (being decided now) are."""
         firsts: dict[TopicPartition, int] = {}
@@ -190,8 +188,8 @@ class ReorderBuffer:
             if id(pending) in excluding:
                 continue
             tp = pending.pos[:2]
-            if t_us < firsts.get(tp, UNBOUNDED):  # type: ignore[arg-type]
-                firsts[tp] = t_us  # type: ignore[index]
+            if t_us < firsts.get(tp, UNBOUNDED):
+                firsts[tp] = t_us
         out = {}
         for tp, part in self._parts.items():
             seen = UNBOUNDED if self._idle(part, now_s) else part.max_t_us
@@ -207,8 +205,8 @@ class ReorderBuffer:
                 continue
             tp = pending.pos[:2]
             off = pending.pos.offset
-            if off < firsts.get(tp, UNBOUNDED):  # type: ignore[arg-type]
-                firsts[tp] = off  # type: ignore[index]
+            if off < firsts.get(tp, UNBOUNDED):
+                firsts[tp] = off
         return {tp: firsts.get(tp, part.next_offset) for tp, part in self._parts.items()}
 
     def commit_offsets(self) -> dict[TopicPartition, int]:

@@ -40,7 +40,7 @@ from escrowguard.models.features import (
     project_features,
     vote_state_features,
 )
-from escrowguard.models.records import MilestoneRef, VoteRecord
+from escrowguard.models.records import MilestoneRef, ResolutionRecord, VoteRecord
 from escrowguard.models.rules import (
     exit_scam,
     pending_milestones,
@@ -49,7 +49,7 @@ from escrowguard.models.rules import (
     sybil_vote,
     wash_trading,
 )
-from escrowguard.models.state import Effects, MemoryState, effects_of, merge_contexts
+from escrowguard.models.state import Effects, MemoryState, effects_of, with_overlay
 from escrowguard.outputs import (
     Alert,
     AlertKind,
@@ -79,13 +79,13 @@ class ModelSet(Protocol):
     anomaly_threshold: float
     training_end_us: int
 
-    def anomaly_scores(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+    def anomaly_scores(self, X: np.ndarray) -> np.ndarray:
         """Higher = more anomalous; one per row of ANOMALY_FEATURES columns."""
 
-    def risk(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+    def risk(self, X: np.ndarray) -> np.ndarray:
         """P(final approval < target) per row of VOTE_FEATURES."""
 
-    def success(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+    def success(self, X: np.ndarray) -> np.ndarray:
         """P(funded by the deadline) per row of PROJECT_FEATURES."""
 
     def reference(self, feature: str) -> tuple[float, float]:
@@ -93,6 +93,15 @@ class ModelSet(Protocol):
 
     def reference_mean(self, name: str) -> tuple[float, float]:
         """(mean, standard deviation) of a feature or score on the training history."""
+
+
+class MissingBanditDays(Exception):  # noqa: N818 - a request, not a failure
+    """The batch needs posteriors the read did not fetch (a milestone created in the same
+    batch as its first vote); the worker reads them and decides the batch again."""
+
+    def __init__(self, days: set[int]) -> None:
+        super().__init__(f"bandit days not read: {sorted(days)}")
+        self.days = days
 
 
 @dataclass
@@ -142,6 +151,7 @@ class BatchOutcome:
     dead_letters: list[DeadLetterNote]
     duplicates: int = 0
     redeliveries: int = 0
+    outcomes_from_us: int | None = None  # earliest milestone outcome this batch applies
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -180,17 +190,31 @@ class BatchProcessor:
             alert_id = make_id("al", AlertKind.RETRAIN_NEEDED, version, "labels")
             if alert_id not in self._retrain_sent:
                 self._retrain_sent.add(alert_id)
-                out.append(Alert(
-                    alert_id=alert_id, kind=AlertKind.RETRAIN_NEEDED, severity="low",
-                    score=float(labels_total), threshold=float(self.th.retrain_after_labels),
-                    project_id=None, milestone_id=None, backer_id=None, event_ids=[],
-                    reasons=[AlertReason(
-                        "new_labels", labels_total, self.th.retrain_after_labels,
-                        f"{labels_total} milestone outcomes arrived since bundle {version} "
-                        "was trained",
-                    )],
-                    occurred_at=wall, emitted_at=wall, model_version=version,
-                ))
+                out.append(
+                    Alert(
+                        alert_id=alert_id,
+                        kind=AlertKind.RETRAIN_NEEDED,
+                        severity="low",
+                        score=float(labels_total),
+                        threshold=float(self.th.retrain_after_labels),
+                        project_id=None,
+                        milestone_id=None,
+                        backer_id=None,
+                        event_ids=[],
+                        reasons=[
+                            AlertReason(
+                                "new_labels",
+                                labels_total,
+                                self.th.retrain_after_labels,
+                                f"{labels_total} milestone outcomes arrived since bundle {version} "
+                                "was trained",
+                            )
+                        ],
+                        occurred_at=wall,
+                        emitted_at=wall,
+                        model_version=version,
+                    )
+                )
         return out
 
     def process(
@@ -208,10 +232,16 @@ class BatchProcessor:
         vote_jobs: list[_VoteJob] = []
         resolution_jobs: list[tuple[Pending, MilestoneResolved, ResolutionContext, bool]] = []
 
-        for pending, read in zip(eligible, reads.events, strict=True):
+        outcomes_from_us: int | None = None  # earliest milestone outcome decided in-batch
+        in_batch: set[str] = set()
+        for index, (pending, read) in enumerate(zip(eligible, reads.events, strict=True)):
             event = pending.event
             position = pending.pos.text()
             redelivery = False
+            if event.event_id in in_batch:
+                out.duplicates += 1  # the same event id twice within one batch
+                continue
+            in_batch.add(event.event_id)
             if read.seen is not None:
                 if read.seen != position:
                     out.duplicates += 1
@@ -219,14 +249,17 @@ class BatchProcessor:
                 redelivery = True
                 out.redeliveries += 1
             elif pending.t_us < reads.processed_max_us:
-                dead.append(DeadLetterNote(
-                    pending, Reason.TOO_LATE,
-                    "event time is before events already scored: it arrived later than "
-                    "the ordering bound (docs/ordering.md)",
-                ))
+                dead.append(
+                    DeadLetterNote(
+                        pending,
+                        Reason.TOO_LATE,
+                        "event time is before events already scored: it arrived later than "
+                        "the ordering bound (docs/ordering.md)",
+                    )
+                )
                 writes.seen.append((event.event_id, pending.t_us, position))
                 continue
-            ctx = merge_contexts(read.context, overlay.context_for(event, self.windows))
+            ctx = with_overlay(read.context, overlay, event, self.windows)
             reason = check_event(event, ctx)
             if reason is not None:
                 dead.append(DeadLetterNote(pending, reason, _explain_reason(reason, event)))
@@ -236,19 +269,33 @@ class BatchProcessor:
             if isinstance(event, PledgeCreated):
                 assert isinstance(ctx, PledgeContext)
                 row = pledge_features(
-                    pending.t_us, event.amount_cents, event.backer_id, event.source_wallet,
-                    ctx, self.windows,
+                    pending.t_us,
+                    event.amount_cents,
+                    event.backer_id,
+                    event.source_wallet,
+                    ctx,
+                    self.windows,
                 )
                 pledge_jobs.append((pending, event, ctx, row, redelivery))
                 job = self._checkpoint(pending, event, ctx)
                 if job is not None:
                     checkpoint_jobs.append(job)
             elif isinstance(event, VoteCast):
-                assert isinstance(ctx, VoteContext)
+                assert isinstance(ctx, VoteContext) and ctx.milestone is not None
+                if (
+                    outcomes_from_us is not None
+                    and outcomes_from_us < bandit_day(ctx.milestone) * DAY_US
+                ):
+                    # its release arm needs a posterior that outcomes decided in this very
+                    # batch belong to: decide the batch up to here, this vote in the next
+                    out.processed = eligible = eligible[:index]
+                    break
                 vote_jobs.append(self._vote_job(pending, event, ctx, redelivery))
             elif isinstance(event, MilestoneResolved):
                 assert isinstance(ctx, ResolutionContext)
                 resolution_jobs.append((pending, event, ctx, redelivery))
+                if not redelivery:
+                    outcomes_from_us = min(outcomes_from_us or pending.t_us, pending.t_us)
             if not redelivery:
                 overlay.apply(event)
                 writes.seen.append((event.event_id, pending.t_us, position))
@@ -258,6 +305,7 @@ class BatchProcessor:
                 ):
                     writes.labels += 1
 
+        out.outcomes_from_us = outcomes_from_us
         version = self.models.version
         emitted = now
         self._score_pledges(pledge_jobs, outputs, version, emitted)
@@ -265,7 +313,8 @@ class BatchProcessor:
         self._score_votes(vote_jobs, reads, writes, outputs, version, emitted)
         self._score_resolutions(resolution_jobs, outputs, version, emitted)
         out.counts = {
-            "pledges": len(pledge_jobs), "votes": len(vote_jobs),
+            "pledges": len(pledge_jobs),
+            "votes": len(vote_jobs),
             "resolutions": len(resolution_jobs),
         }
         return out
@@ -278,8 +327,14 @@ class BatchProcessor:
         if reason is not None:
             return {"event_id": event.event_id, "rejected": str(reason)}
         assert isinstance(stored, PledgeContext) and stored.project is not None
-        row = pledge_features(pending.t_us, event.amount_cents, event.backer_id,
-                              event.source_wallet, stored, self.windows)
+        row = pledge_features(
+            pending.t_us,
+            event.amount_cents,
+            event.backer_id,
+            event.source_wallet,
+            stored,
+            self.windows,
+        )
         X = np.asarray([row], dtype=np.float64)
         score = float(self.models.anomaly_scores(X[:, _ANOMALY_COLUMNS])[0])
         values = dict(zip(PLEDGE_FEATURES, row, strict=True))
@@ -290,8 +345,10 @@ class BatchProcessor:
             "anomaly_score": round(score, 6),
             "threshold": round(self.models.anomaly_threshold, 6),
             "anomalous": score >= self.models.anomaly_threshold,
-            "reasons": [msgspec.to_builtins(r) for r in
-                        explain_pledge(values, event.amount_cents, stored, self.models)],
+            "reasons": [
+                msgspec.to_builtins(r)
+                for r in explain_pledge(values, event.amount_cents, stored, self.models)
+            ],
             "wash_trading": [msgspec.to_builtins(r) for r in wash or []],
             "features": {k: round(v, 6) for k, v in values.items()},
         }
@@ -324,30 +381,47 @@ class BatchProcessor:
         X = np.asarray([row for _, _, _, row, _ in jobs], dtype=np.float64)
         scores = self.models.anomaly_scores(X[:, _ANOMALY_COLUMNS])
         threshold = self.models.anomaly_threshold
-        for (pending, event, ctx, row, _), score in zip(jobs, scores, strict=True):
+        for (_pending, event, ctx, row, _), score in zip(jobs, scores, strict=True):
             values = dict(zip(PLEDGE_FEATURES, row, strict=True))
             occurred = event.occurred_at
             if score >= threshold:
-                outputs.append(Alert(
-                    alert_id=make_id("al", AlertKind.PLEDGE_ANOMALY, event.event_id, version),
-                    kind=AlertKind.PLEDGE_ANOMALY,
-                    severity=severity_for_risk(float(score), threshold),
-                    score=round(float(score), 6), threshold=round(threshold, 6),
-                    project_id=event.project_id, milestone_id=None, backer_id=event.backer_id,
-                    event_ids=[event.event_id],
-                    reasons=explain_pledge(values, event.amount_cents, ctx, self.models),
-                    occurred_at=occurred, emitted_at=emitted, model_version=version,
-                ))
+                outputs.append(
+                    Alert(
+                        alert_id=make_id("al", AlertKind.PLEDGE_ANOMALY, event.event_id, version),
+                        kind=AlertKind.PLEDGE_ANOMALY,
+                        severity=severity_for_risk(float(score), threshold),
+                        score=round(float(score), 6),
+                        threshold=round(threshold, 6),
+                        project_id=event.project_id,
+                        milestone_id=None,
+                        backer_id=event.backer_id,
+                        event_ids=[event.event_id],
+                        reasons=explain_pledge(values, event.amount_cents, ctx, self.models),
+                        occurred_at=occurred,
+                        emitted_at=emitted,
+                        model_version=version,
+                    )
+                )
             assert ctx.project is not None
             reasons = wash_trading(values, event.source_wallet, ctx.project.creator_wallet)
             if reasons:
-                outputs.append(Alert(
-                    alert_id=make_id("al", AlertKind.WASH_TRADING, event.event_id, version),
-                    kind=AlertKind.WASH_TRADING, severity="high", score=1.0, threshold=1.0,
-                    project_id=event.project_id, milestone_id=None, backer_id=event.backer_id,
-                    event_ids=[event.event_id], reasons=reasons,
-                    occurred_at=occurred, emitted_at=emitted, model_version=version,
-                ))
+                outputs.append(
+                    Alert(
+                        alert_id=make_id("al", AlertKind.WASH_TRADING, event.event_id, version),
+                        kind=AlertKind.WASH_TRADING,
+                        severity="high",
+                        score=1.0,
+                        threshold=1.0,
+                        project_id=event.project_id,
+                        milestone_id=None,
+                        backer_id=event.backer_id,
+                        event_ids=[event.event_id],
+                        reasons=reasons,
+                        occurred_at=occurred,
+                        emitted_at=emitted,
+                        model_version=version,
+                    )
+                )
         if self.monitor is not None:
             fresh = [i for i, j in enumerate(jobs) if not j[4]]
             self.monitor.observe_pledges([jobs[i] for i in fresh], X[fresh], scores[fresh])
@@ -367,23 +441,38 @@ class BatchProcessor:
             if prob >= limit:
                 continue
             values = dict(zip(PROJECT_FEATURES, row, strict=True))
-            outputs.append(Alert(
-                alert_id=make_id("al", AlertKind.PROJECT_AT_RISK, event.project_id, version),
-                kind=AlertKind.PROJECT_AT_RISK, severity="medium",
-                score=round(float(prob), 6), threshold=limit,
-                project_id=event.project_id, milestone_id=None, backer_id=None,
-                event_ids=[event.event_id],
-                reasons=[
-                    AlertReason("success_probability", round(float(prob), 4), limit,
-                                f"predicted chance of reaching the goal is {prob:.0%} at "
-                                f"{self.th.project_checkpoint_fraction:.0%} of the campaign"),
-                    AlertReason("pledge_count", values["pledge_count"],
-                                self.models.reference("pledge_count")[0],
-                                f"{int(values['pledge_count'])} pledges from "
-                                f"{int(values['unique_backers'])} backers so far"),
-                ],
-                occurred_at=from_us(at), emitted_at=emitted, model_version=version,
-            ))
+            outputs.append(
+                Alert(
+                    alert_id=make_id("al", AlertKind.PROJECT_AT_RISK, event.project_id, version),
+                    kind=AlertKind.PROJECT_AT_RISK,
+                    severity="medium",
+                    score=round(float(prob), 6),
+                    threshold=limit,
+                    project_id=event.project_id,
+                    milestone_id=None,
+                    backer_id=None,
+                    event_ids=[event.event_id],
+                    reasons=[
+                        AlertReason(
+                            "success_probability",
+                            round(float(prob), 4),
+                            limit,
+                            f"predicted chance of reaching the goal is {prob:.0%} at "
+                            f"{self.th.project_checkpoint_fraction:.0%} of the campaign",
+                        ),
+                        AlertReason(
+                            "pledge_count",
+                            values["pledge_count"],
+                            self.models.reference("pledge_count")[0],
+                            f"{int(values['pledge_count'])} pledges from "
+                            f"{int(values['unique_backers'])} backers so far",
+                        ),
+                    ],
+                    occurred_at=from_us(at),
+                    emitted_at=emitted,
+                    model_version=version,
+                )
+            )
 
     # --- votes ---
 
@@ -391,19 +480,29 @@ class BatchProcessor:
         self, pending: Pending, event: VoteCast, ctx: VoteContext, redelivery: bool
     ) -> _VoteJob:
         assert ctx.milestone is not None
-        this = VoteRecord(pending.t_us, event.event_id, event.backer_id, event.approve,
-                          event.vote_weight)
+        this = VoteRecord(
+            pending.t_us, event.event_id, event.backer_id, event.approve, event.vote_weight
+        )
         after = vote_state_features(
-            pending.t_us, [*ctx.votes, this], ctx.milestone, ctx.project,
-            ctx.project_pledges, ctx.resolutions, self.windows,
+            pending.t_us,
+            [*ctx.votes, this],
+            ctx.milestone,
+            ctx.project,
+            ctx.project_pledges,
+            ctx.resolutions,
+            self.windows,
         )
         before = None
         if ctx.votes:
             last = ctx.votes[-1]
             before = vote_state_features(
-                last.t_us, ctx.votes, ctx.milestone, ctx.project,
+                last.t_us,
+                ctx.votes,
+                ctx.milestone,
+                ctx.project,
                 [p for p in ctx.project_pledges if p.t_us < last.t_us],
-                [r for r in ctx.resolutions if r.t_us < last.t_us], self.windows,
+                [r for r in ctx.resolutions if r.t_us < last.t_us],
+                self.windows,
             )
         return _VoteJob(pending, event, ctx.milestone, after, before, redelivery)
 
@@ -421,58 +520,91 @@ class BatchProcessor:
         rows = [j.after for j in jobs] + [j.before for j in jobs if j.before is not None]
         risks = self.models.risk(np.asarray(rows, dtype=np.float64))
         after_risk = risks[: len(jobs)]
-        before_iter = iter(risks[len(jobs):])
+        before_iter = iter(risks[len(jobs) :])
         th = self.th
-        for job, risk in zip(jobs, after_risk, strict=True):
+        for job, raw_risk in zip(jobs, after_risk, strict=True):
             prior = float(next(before_iter)) if job.before is not None else None
-            risk = float(risk)
+            risk = float(raw_risk)
             ev = job.event
             occurred = ev.occurred_at
             f_after = dict(zip(VOTE_FEATURES, job.after, strict=True))
             fired: list[Alert] = []
             if risk >= th.risk_freeze_at and (prior is None or prior < th.risk_freeze_at):
-                fired.append(Alert(
-                    alert_id=make_id("al", AlertKind.MILESTONE_RISK, ev.milestone_id, version),
-                    kind=AlertKind.MILESTONE_RISK,
-                    severity=severity_for_risk(risk, th.risk_freeze_at),
-                    score=round(risk, 6), threshold=th.risk_freeze_at,
-                    project_id=ev.project_id, milestone_id=ev.milestone_id, backer_id=None,
-                    event_ids=[ev.event_id], reasons=_risk_reasons(f_after, risk, th),
-                    occurred_at=occurred, emitted_at=emitted, model_version=version,
-                ))
+                fired.append(
+                    Alert(
+                        alert_id=make_id("al", AlertKind.MILESTONE_RISK, ev.milestone_id, version),
+                        kind=AlertKind.MILESTONE_RISK,
+                        severity=severity_for_risk(risk, th.risk_freeze_at),
+                        score=round(risk, 6),
+                        threshold=th.risk_freeze_at,
+                        project_id=ev.project_id,
+                        milestone_id=ev.milestone_id,
+                        backer_id=None,
+                        event_ids=[ev.event_id],
+                        reasons=_risk_reasons(f_after, risk, th),
+                        occurred_at=occurred,
+                        emitted_at=emitted,
+                        model_version=version,
+                    )
+                )
             sybil_after = sybil_vote(f_after, th)
             sybil_before = (
                 sybil_vote(dict(zip(VOTE_FEATURES, job.before, strict=True)), th)
-                if job.before is not None else None
+                if job.before is not None
+                else None
             )
             if sybil_after and not sybil_before:
-                fired.append(Alert(
-                    alert_id=make_id("al", AlertKind.SYBIL_VOTE, ev.milestone_id, version),
-                    kind=AlertKind.SYBIL_VOTE, severity="high",
-                    score=round(f_after["weight_hhi"], 6), threshold=th.sybil_max_hhi,
-                    project_id=ev.project_id, milestone_id=ev.milestone_id, backer_id=None,
-                    event_ids=[ev.event_id], reasons=sybil_after,
-                    occurred_at=occurred, emitted_at=emitted, model_version=version,
-                ))
+                fired.append(
+                    Alert(
+                        alert_id=make_id("al", AlertKind.SYBIL_VOTE, ev.milestone_id, version),
+                        kind=AlertKind.SYBIL_VOTE,
+                        severity="high",
+                        score=round(f_after["weight_hhi"], 6),
+                        threshold=th.sybil_max_hhi,
+                        project_id=ev.project_id,
+                        milestone_id=ev.milestone_id,
+                        backer_id=None,
+                        event_ids=[ev.event_id],
+                        reasons=sybil_after,
+                        occurred_at=occurred,
+                        emitted_at=emitted,
+                        model_version=version,
+                    )
+                )
             if fired:
                 outputs.extend(fired)
-                outputs.append(PayoutFreeze(
-                    freeze_id=freeze_id(ev.milestone_id), action="freeze",
-                    project_id=ev.project_id, milestone_id=ev.milestone_id,
-                    reason=",".join(a.kind for a in fired), risk_score=round(risk, 6),
-                    alert_ids=[a.alert_id for a in fired],
-                    occurred_at=occurred, emitted_at=emitted, model_version=version,
-                ))
+                outputs.append(
+                    PayoutFreeze(
+                        freeze_id=freeze_id(ev.milestone_id),
+                        action="freeze",
+                        project_id=ev.project_id,
+                        milestone_id=ev.milestone_id,
+                        reason=",".join(a.kind for a in fired),
+                        risk_score=round(risk, 6),
+                        alert_ids=[a.alert_id for a in fired],
+                        occurred_at=occurred,
+                        emitted_at=emitted,
+                        model_version=version,
+                    )
+                )
             route_now = route(risk, th)
             if prior is None or route(prior, th) != route_now:
                 arm = self._release_arm(job.milestone, reads)
                 writes.arms[ev.milestone_id] = arm
-                outputs.append(MilestoneDecision(
-                    decision_id=make_id("dc", ev.milestone_id, ev.event_id, version),
-                    milestone_id=ev.milestone_id, project_id=ev.project_id, route=route_now,
-                    release_arm=arm, risk_score=round(risk, 6), event_id=ev.event_id,
-                    occurred_at=occurred, emitted_at=emitted, model_version=version,
-                ))
+                outputs.append(
+                    MilestoneDecision(
+                        decision_id=make_id("dc", ev.milestone_id, ev.event_id, version),
+                        milestone_id=ev.milestone_id,
+                        project_id=ev.project_id,
+                        route=route_now,
+                        release_arm=arm,
+                        risk_score=round(risk, 6),
+                        event_id=ev.event_id,
+                        occurred_at=occurred,
+                        emitted_at=emitted,
+                        model_version=version,
+                    )
+                )
         if self.monitor is not None:
             fresh = [i for i, j in enumerate(jobs) if not j.redelivery]
             self.monitor.observe_votes([jobs[i] for i in fresh], after_risk[fresh])
@@ -481,9 +613,12 @@ class BatchProcessor:
         """Thompson sampling from the posterior as of the day before voting opened, seeded
         by the milestone: every decision for a milestone names the same arm."""
         day = bandit_day(milestone)
-        counts = reads.bandit.get(day, {})
+        if day not in reads.bandit:
+            raise MissingBanditDays({day})
+        counts = reads.bandit[day]
         state: BanditState = from_counts(
-            self.bandit.prior_alpha, self.bandit.prior_beta,
+            self.bandit.prior_alpha,
+            self.bandit.prior_beta,
             {arm: counts.get(arm, (0, 0))[0] for arm in self.bandit.arms},
             {arm: counts.get(arm, (0, 0))[1] for arm in self.bandit.arms},
         )
@@ -513,29 +648,52 @@ class BatchProcessor:
             if reasons and not exit_scam(ratio, ctx.resolutions, th):
                 alert = Alert(
                     alert_id=make_id("al", AlertKind.EXIT_SCAM, ev.project_id, version),
-                    kind=AlertKind.EXIT_SCAM, severity="critical", score=1.0, threshold=1.0,
-                    project_id=ev.project_id, milestone_id=ev.milestone_id, backer_id=None,
-                    event_ids=[r.event_id for r in resolved_after
-                               if r.approval_rate < th.exit_scam_low_approval],
-                    reasons=reasons, occurred_at=ev.occurred_at, emitted_at=emitted,
+                    kind=AlertKind.EXIT_SCAM,
+                    severity="critical",
+                    score=1.0,
+                    threshold=1.0,
+                    project_id=ev.project_id,
+                    milestone_id=ev.milestone_id,
+                    backer_id=None,
+                    event_ids=[
+                        r.event_id
+                        for r in resolved_after
+                        if r.approval_rate < th.exit_scam_low_approval
+                    ],
+                    reasons=reasons,
+                    occurred_at=ev.occurred_at,
+                    emitted_at=emitted,
                     model_version=version,
                 )
                 outputs.append(alert)
                 for m in pending_milestones(ctx.milestones, resolved_after):
-                    outputs.append(PayoutFreeze(
-                        freeze_id=freeze_id(m.milestone_id), action="freeze",
-                        project_id=ev.project_id, milestone_id=m.milestone_id,
-                        reason=AlertKind.EXIT_SCAM, risk_score=None,
-                        alert_ids=[alert.alert_id], occurred_at=ev.occurred_at,
-                        emitted_at=emitted, model_version=version,
-                    ))
+                    outputs.append(
+                        PayoutFreeze(
+                            freeze_id=freeze_id(m.milestone_id),
+                            action="freeze",
+                            project_id=ev.project_id,
+                            milestone_id=m.milestone_id,
+                            reason=AlertKind.EXIT_SCAM,
+                            risk_score=None,
+                            alert_ids=[alert.alert_id],
+                            occurred_at=ev.occurred_at,
+                            emitted_at=emitted,
+                            model_version=version,
+                        )
+                    )
             if ctx.votes and not redelivery:
                 last = ctx.votes[-1]
-                eval_rows.append(vote_state_features(
-                    last.t_us, ctx.votes, ctx.milestone, ctx.project,
-                    [p for p in ctx.project_pledges if p.t_us < last.t_us],
-                    [r for r in ctx.resolutions if r.t_us < last.t_us], self.windows,
-                ))
+                eval_rows.append(
+                    vote_state_features(
+                        last.t_us,
+                        ctx.votes,
+                        ctx.milestone,
+                        ctx.project,
+                        [p for p in ctx.project_pledges if p.t_us < last.t_us],
+                        [r for r in ctx.resolutions if r.t_us < last.t_us],
+                        self.windows,
+                    )
+                )
                 eval_labels.append(ev.approval_rate < th.approval_target)
         if self.monitor is not None and eval_rows:
             probs = self.models.risk(np.asarray(eval_rows, dtype=np.float64))
@@ -548,21 +706,35 @@ def bandit_day(milestone: MilestoneRef) -> int:
     return milestone.opens_us // DAY_US - 1
 
 
-def _resolution_record(ev: MilestoneResolved) -> object:
-    return effects_of(ev).resolution[1]  # type: ignore[index]
+def _resolution_record(ev: MilestoneResolved) -> ResolutionRecord:
+    pair = effects_of(ev).resolution
+    assert pair is not None
+    return pair[1]
 
 
 def _risk_reasons(f: Mapping[str, float], risk: float, th: ThresholdSettings) -> list[AlertReason]:
     return [
-        AlertReason("risk", round(risk, 4), th.risk_freeze_at,
-                    f"predicted chance the milestone ends below {th.approval_target:.0%} "
-                    f"approval is {risk:.0%}"),
-        AlertReason("approval_weighted", round(f["approval_weighted"], 4), th.approval_target,
-                    f"{f['approval_weighted']:.0%} weighted approval after "
-                    f"{int(f['votes'])} votes, {f['window_fraction']:.0%} into the window"),
-        AlertReason("prior_low_approval", f["prior_low_approval"], 0,
-                    f"{int(f['prior_low_approval'])} earlier milestones of this project "
-                    f"resolved below target"),
+        AlertReason(
+            "risk",
+            round(risk, 4),
+            th.risk_freeze_at,
+            f"predicted chance the milestone ends below {th.approval_target:.0%} "
+            f"approval is {risk:.0%}",
+        ),
+        AlertReason(
+            "approval_weighted",
+            round(f["approval_weighted"], 4),
+            th.approval_target,
+            f"{f['approval_weighted']:.0%} weighted approval after "
+            f"{int(f['votes'])} votes, {f['window_fraction']:.0%} into the window",
+        ),
+        AlertReason(
+            "prior_low_approval",
+            f["prior_low_approval"],
+            0,
+            f"{int(f['prior_low_approval'])} earlier milestones of this project "
+            f"resolved below target",
+        ),
     ]
 
 
@@ -577,4 +749,3 @@ def _explain_reason(reason: Reason, event: AnyEvent) -> str:
         Reason.ALREADY_EXISTS: "an earlier event already created or resolved this entity",
     }
     return f"{texts.get(reason, str(reason))} ({event.event_type} {event.event_id})"
-

@@ -33,7 +33,12 @@ from escrowguard.events import (
     VoteCast,
 )
 from escrowguard.logs import log_event
-from escrowguard.models.features import FeatureWindows, PledgeContext, ResolutionContext, VoteContext
+from escrowguard.models.features import (
+    FeatureWindows,
+    PledgeContext,
+    ResolutionContext,
+    VoteContext,
+)
 from escrowguard.models.records import (
     decode_backer,
     decode_milestone,
@@ -59,8 +64,12 @@ log = logging.getLogger(__name__)
 SEEN_SHARDS: Final = 1024
 DAY_US: Final = 86_400 * 1_000_000
 _KIND: Final = {
-    BackerRegistered: 1, ProjectCreated: 2, MilestoneCreated: 3, PledgeCreated: 4,
-    VoteCast: 5, MilestoneResolved: 6,
+    BackerRegistered: 1,
+    ProjectCreated: 2,
+    MilestoneCreated: 3,
+    PledgeCreated: 4,
+    VoteCast: 5,
+    MilestoneResolved: 6,
 }
 _DECODE = msgspec.msgpack.Decoder()
 _ENCODE = msgspec.msgpack.Encoder()
@@ -89,8 +98,13 @@ class DedupeScheme(msgspec.Struct, frozen=True):
 
 def _candidate(p: Pending, dedupe: DedupeScheme) -> list[Any]:
     ev = p.event
-    head = [_KIND[type(ev)], p.t_us, ev.event_id, seen_shard(ev.event_id),
-            dedupe.generation(p.t_us)]
+    head = [
+        _KIND[type(ev)],
+        p.t_us,
+        ev.event_id,
+        seen_shard(ev.event_id),
+        dedupe.generation(p.t_us),
+    ]
     if isinstance(ev, PledgeCreated):
         return [*head, ev.backer_id, ev.project_id, ev.source_wallet]
     if isinstance(ev, BackerRegistered):
@@ -113,7 +127,7 @@ def decode_context(event: Any, row: Sequence[Any]) -> object:
             backer_pledges=[decode_pledge(t, m) for t, m in _pairs(row[2])],
             project=decode_project(row[3]) if row[3] else None,
             project_pledges=[decode_pledge(t, m) for t, m in _pairs(row[4])],
-            creator_wallets={m: t for t, m in _pairs(row[5])},
+            wallet_creators={m: t for t, m in _pairs(row[5])},
             wallet_pledges=[decode_pledge(t, m) for t, m in _pairs(row[6])],
             milestones=[decode_milestone(t, m) for t, m in _pairs(row[7])],
         )
@@ -180,14 +194,19 @@ class RedisStore:
         lua = resources.files("escrowguard.stream_app")
         self._read = self.client.register_script(lua.joinpath("store_read.lua").read_text())
         self._write = self.client.register_script(lua.joinpath("store_write.lua").read_text())
-        self._bucket = self.client.register_script(
-            lua.joinpath("store_ratelimit.lua").read_text()
-        )
+        self._bucket = self.client.register_script(lua.joinpath("store_ratelimit.lua").read_text())
         f = settings.features
-        self._ttls = [f.project_state_ttl_s, settings.worker.dedupe_ttl_s,
-                      2 * f.backer_history_window_s, 2 * f.wallet_window_s]
-        self._trims = [windows.backer_history_s * 1_000_000, windows.wallet_s * 1_000_000,
-                       (settings.bandit.window_days + 60) * DAY_US]
+        self._ttls = [
+            f.project_state_ttl_s,
+            settings.worker.dedupe_ttl_s,
+            2 * f.backer_history_window_s,
+            2 * f.wallet_window_s,
+        ]
+        self._trims = [
+            windows.backer_history_s * 1_000_000,
+            windows.wallet_s * 1_000_000,
+            (settings.bandit.window_days + 60) * DAY_US,
+        ]
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -197,7 +216,9 @@ class RedisStore:
         try:
             return await coro
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise StoreError(f"Redis unreachable during {what}: {exc}", "store_unavailable") from exc
+            raise StoreError(
+                f"Redis unreachable during {what}: {exc}", "store_unavailable"
+            ) from exc
         except redis_errors.ResponseError as exc:
             raise StoreError(f"Redis rejected {what}: {exc}", "store_rejected") from exc
         except redis_errors.RedisError as exc:
@@ -228,17 +249,26 @@ class RedisStore:
         own_bound: int,
         cached_days: Collection[int],
         gate: bool = True,
+        days: Collection[int] = (),
     ) -> BatchReads:
         """One Lua call: the frontier, and the as-of context of every eligible candidate
         (with ``gate=False``, of every candidate: on-demand scoring does not wait)."""
-        payload = _ENCODE.encode([
-            self.prefix, list(own), own_bound,
-            self.windows.backer_history_s * 1_000_000, self.windows.wallet_s * 1_000_000,
-            self.settings.bandit.window_days, DAY_US, list(cached_days),
-            [_candidate(p, self.dedupe) for p in candidates],
-            self.settings.features.max_members_per_read,
-            gate,
-        ])
+        payload = _ENCODE.encode(
+            [
+                self.prefix,
+                list(own),
+                own_bound,
+                self.windows.backer_history_s * 1_000_000,
+                self.windows.wallet_s * 1_000_000,
+                self.settings.bandit.window_days,
+                DAY_US,
+                list(cached_days),
+                [_candidate(p, self.dedupe) for p in candidates],
+                self.settings.features.max_members_per_read,
+                gate,
+                list(days),
+            ]
+        )
         raw = await self._call("read", self._read(args=[payload]))
         frontier, pmax, rows, bandit_rows = _DECODE.decode(raw)
         events = []
@@ -263,40 +293,71 @@ class RedisStore:
         labels_key: str = "",
     ) -> int:
         """One Lua call applying a decided batch; returns the label counter."""
-        seen = [[eid, seen_shard(eid), self.dedupe.generation(t), pos]
-                for eid, t, pos in writes.seen]
+        seen = [
+            [eid, seen_shard(eid), self.dedupe.generation(t), pos] for eid, t, pos in writes.seen
+        ]
         backers, projects, milestones, pledges, votes, resolutions = [], [], [], [], [], []
         for fx in writes.effects:
             if fx.pledge is not None:
                 p = fx.pledge
-                pledges.append([p.t_us, encode_pledge(p), p.backer_id, p.project_id,
-                                p.source_wallet])
+                pledges.append(
+                    [p.t_us, encode_pledge(p), p.backer_id, p.project_id, p.source_wallet]
+                )
             elif fx.vote is not None:
                 mid, v = fx.vote
                 votes.append([v.t_us, encode_vote(v), mid])
             elif fx.resolution is not None:
                 pid, r = fx.resolution
-                resolutions.append([r.t_us, encode_resolution(r), pid, r.milestone_id,
-                                    "1" if r.approved else "0"])
+                resolutions.append(
+                    [r.t_us, encode_resolution(r), pid, r.milestone_id, "1" if r.approved else "0"]
+                )
             elif fx.backer is not None:
                 b = fx.backer
                 backers.append([b.backer_id, encode_backer(b), b.t_us, b.event_id])
             elif fx.project is not None:
                 pr = fx.project
-                projects.append([pr.project_id, encode_project(pr), pr.t_us, pr.event_id,
-                                 pr.creator_id, pr.creator_wallet])
+                projects.append(
+                    [
+                        pr.project_id,
+                        encode_project(pr),
+                        pr.t_us,
+                        pr.event_id,
+                        pr.creator_id,
+                        pr.creator_wallet,
+                    ]
+                )
             elif fx.milestone is not None:
                 m = fx.milestone
-                milestones.append([m.milestone_id, encode_milestone_ref(m), m.t_us,
-                                   m.event_id, m.project_id, encode_milestone(m)])
-        payload = _ENCODE.encode([
-            self.prefix, seen, backers, projects, milestones, pledges, votes, resolutions,
-            [[m, a] for m, a in sorted(writes.arms.items())],
-            [[tp, t] for tp, t in sorted(frontiers.items())],
-            processed_max,
-            [[tp, off] for tp, off in sorted(positions.items())],
-            labels_key, writes.labels, self._ttls, self._trims,
-        ])
+                milestones.append(
+                    [
+                        m.milestone_id,
+                        encode_milestone_ref(m),
+                        m.t_us,
+                        m.event_id,
+                        m.project_id,
+                        encode_milestone(m),
+                    ]
+                )
+        payload = _ENCODE.encode(
+            [
+                self.prefix,
+                seen,
+                backers,
+                projects,
+                milestones,
+                pledges,
+                votes,
+                resolutions,
+                [[m, a] for m, a in sorted(writes.arms.items())],
+                [[tp, t] for tp, t in sorted(frontiers.items())],
+                processed_max,
+                [[tp, off] for tp, off in sorted(positions.items())],
+                labels_key,
+                writes.labels,
+                self._ttls,
+                self._trims,
+            ]
+        )
         result = await self._call("write", self._write(args=[payload]))
         return int(result)
 
@@ -315,8 +376,13 @@ class RedisStore:
             try:
                 return await self.ping()
             except StoreError as exc:
-                log_event(log, "redis_unavailable", logging.WARNING, retry_in_s=round(delay, 2),
-                          error=exc.message)
+                log_event(
+                    log,
+                    "redis_unavailable",
+                    logging.WARNING,
+                    retry_in_s=round(delay, 2),
+                    error=exc.message,
+                )
                 if stop is not None and stop.is_set():
                     raise
                 await asyncio.sleep(delay)

@@ -10,6 +10,7 @@
 --          5 vote(a=project, b=milestone) 6 milestone_resolved(a=project, b=milestone)
 --  10 max members per log read (newest kept)
 --  11 gate: false reads every candidate regardless of the frontier (on-demand scoring)
+--  12 bandit days to read in any case
 -- Returns msgpack {F, processed_max, events, bandit}: only candidates with t <= F are read
 -- (the global event-time frontier, docs/ordering.md), each as {seen, data...}.
 local req = cmsgpack.unpack(ARGV[1])
@@ -62,6 +63,7 @@ local function field(text, n)
 end
 
 local bandit, wanted = {}, {}
+for _, d in ipairs(req[12] or {}) do wanted[d] = true end
 local function want_day(mref)
   if not mref then return end
   local opens = tonumber(field(mref, 7))
@@ -87,7 +89,7 @@ for _, c in ipairs(cands) do
     row[3] = before(P .. ':bp:' .. a, t - hist_us, t)
     row[4] = project
     row[5] = before(P .. ':pp:' .. b, nil, t)
-    row[6] = project and before(P .. ':cw:' .. field(project, 4), nil, t) or {}
+    row[6] = before(P .. ':wc:' .. w, nil, t)
     row[7] = before(P .. ':wp:' .. w, t - wallet_us, t)
     row[8] = before(P .. ':pm:' .. b, nil, t)
   else

@@ -47,9 +47,9 @@ end
 for _, b in ipairs(req[3]) do keep_earliest(P .. ':b:' .. b[1], b[2], b[3], b[4]) end
 for _, p in ipairs(req[4]) do
   keep_earliest(P .. ':p:' .. p[1], p[2], p[3], p[4])
-  local cw = P .. ':cw:' .. p[5]
-  redis.call('ZADD', cw, 'LT', fmt(p[3]), p[6])
-  redis.call('EXPIRE', cw, ref_ttl)
+  local wc = P .. ':wc:' .. p[6]
+  redis.call('ZADD', wc, 'LT', fmt(p[3]), p[5])
+  redis.call('EXPIRE', wc, ref_ttl)
 end
 for _, m in ipairs(req[5]) do
   keep_earliest(P .. ':m:' .. m[1], m[2], m[3], m[4])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -61,22 +62,26 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
         except EscrowguardError as exc:
             return client, view.json({"error": str(exc)}, status=503)
         if not allowed:
-            response = view.json({"error": "rate limit exceeded", "retry_after_s": retry},
-                                 status=429)
+            response = view.json(
+                {"error": "rate limit exceeded", "retry_after_s": retry}, status=429
+            )
             response.headers["Retry-After"] = str(retry)
             return client, response
         return client, None
 
     @app.page("/health")
-    class Health(View):  # type: ignore[misc]
+    class Health(View):
         async def get(self, request: Request) -> Response:
             status = runtime.worker.status(time.monotonic())
-            body = {"status": "ok" if runtime.healthy else "degraded",
-                    "model_version": runtime.models.version, **status}
+            body = {
+                "status": "ok" if runtime.healthy else "degraded",
+                "model_version": runtime.models.version,
+                **status,
+            }
             return self.json(body, status=200 if runtime.healthy else 503)
 
     @app.page("/metrics")
-    class Metrics(View):  # type: ignore[misc]
+    class Metrics(View):
         async def get(self, request: Request) -> Response:
             monitor = runtime.processor.monitor
             if monitor is not None:
@@ -85,7 +90,7 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
             return self.text(runtime.metrics.render(), content_type=PROMETHEUS_CONTENT_TYPE)
 
     @app.page("/score/pledge")
-    class ScorePledge(View):  # type: ignore[misc]
+    class ScorePledge(View):
         async def post(self, request: Request) -> Response:
             _, denied = await guard(self, request)
             if denied is not None:
@@ -96,16 +101,19 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
             except DecodeError as exc:
                 return self.json({"error": str(exc), "reason": exc.reason}, status=400)
             if not isinstance(event, PledgeCreated):
-                return self.json({"error": "expected a pledge_created event",
-                                  "reason": "wrong_event_type"}, status=400)
-            pending = Pending(event, Position("http", 0, 0), event.occurred_us,
-                              time.monotonic(), body)
+                return self.json(
+                    {"error": "expected a pledge_created event", "reason": "wrong_event_type"},
+                    status=400,
+                )
+            pending = Pending(
+                event, Position("http", 0, 0), event.occurred_us, time.monotonic(), body
+            )
             reads = await runtime.store.read([pending], [], UNBOUNDED, (), gate=False)
             result = runtime.processor.score_pledge_now(pending, reads.events[0].context)
             return self.json(result)
 
     @app.page("/freezes/release")
-    class ReleaseFreeze(View):  # type: ignore[misc]
+    class ReleaseFreeze(View):
         async def post(self, request: Request) -> Response:
             _, denied = await guard(self, request)
             if denied is not None:
@@ -114,8 +122,9 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
                 req = msgspec.json.decode(await request.read(), type=ReleaseRequest)
             except msgspec.DecodeError as exc:
                 return self.json({"error": str(exc)}, status=400)
-            release = build_release(req.freeze_id, req.project_id, req.milestone_id,
-                                    req.reason, runtime.models.version)
+            release = build_release(
+                req.freeze_id, req.project_id, req.milestone_id, req.reason, runtime.models.version
+            )
             await runtime.publisher.send_all([release])
             return self.json({"released": req.freeze_id})
 
@@ -126,9 +135,16 @@ def build_release(
     """A manual-review release of a freeze (same ``freeze_id`` as the freeze)."""
     now = datetime.now(UTC)
     return PayoutFreeze(
-        freeze_id=freeze_id, action="release", project_id=project_id,
-        milestone_id=milestone_id, reason=f"manual_release: {reason}", risk_score=None,
-        alert_ids=[], occurred_at=now, emitted_at=now, model_version=model_version,
+        freeze_id=freeze_id,
+        action="release",
+        project_id=project_id,
+        milestone_id=milestone_id,
+        reason=f"manual_release: {reason}",
+        risk_score=None,
+        alert_ids=[],
+        occurred_at=now,
+        emitted_at=now,
+        model_version=model_version,
     )
 
 
@@ -139,8 +155,7 @@ def _export_monitor(runtime: Runtime, key: str, value: float) -> None:
         m.set("escrowguard_drift_shift", value, feature=name)
     elif kind == "detected":
         m.set("escrowguard_drift_detected", value, monitor=name)
-    elif key == "accuracy" and value == value:
+    elif key == "accuracy" and not math.isnan(value):
         m.set("escrowguard_online_accuracy", value)
-    elif key == "auc" and value == value:
+    elif key == "auc" and not math.isnan(value):
         m.set("escrowguard_online_auc", value)
-

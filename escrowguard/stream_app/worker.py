@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -36,7 +36,13 @@ from escrowguard.stream_app.ordering import (
     ReorderBuffer,
     TopicPartition,
 )
-from escrowguard.stream_app.pipeline import BatchProcessor, BatchReads, Writes
+from escrowguard.stream_app.pipeline import (
+    DAY_US,
+    BatchProcessor,
+    BatchReads,
+    MissingBanditDays,
+    Writes,
+)
 from escrowguard.topics import input_topics
 
 log = logging.getLogger(__name__)
@@ -55,11 +61,24 @@ class RawMessage:
 class Store(Protocol):
     """The feature store contract (``store.RedisStore``, ``memory_store.MemoryStore``)."""
 
-    async def read(self, candidates: Sequence[Pending], own: Sequence[str], own_bound: int,
-                   cached_days: Iterable[int]) -> BatchReads: ...
+    async def read(
+        self,
+        candidates: Sequence[Pending],
+        own: Sequence[str],
+        own_bound: int,
+        cached_days: Collection[int],
+        gate: bool = True,
+        days: Collection[int] = (),
+    ) -> BatchReads: ...
 
-    async def write(self, writes: Writes, frontiers: dict[str, int], processed_max: int,
-                    positions: dict[str, int], labels_key: str = "") -> int: ...
+    async def write(
+        self,
+        writes: Writes,
+        frontiers: dict[str, int],
+        processed_max: int,
+        positions: dict[str, int],
+        labels_key: str = "",
+    ) -> int: ...
 
 
 class Sender(Protocol):
@@ -92,11 +111,12 @@ class ScoringWorker:
         w = settings.worker
         self.buffer = ReorderBuffer(w.reorder_buffer_max_events, w.idle_partition_ms / 1000)
         self.topic_suffix = {
-            name: name[len(settings.topics.prefix):] for name in input_topics(settings.topics)
+            name: name[len(settings.topics.prefix) :] for name in input_topics(settings.topics)
         }
         self._dead: list[tuple[DeadLetter, Position]] = []
         self._bandit: dict[int, dict[str, tuple[int, int]]] = {}
         self._processed_max = -(2**62)
+        self._published: dict[str, int] = {}
         self._last_log_s = 0.0
 
     # --- partitions ---
@@ -121,26 +141,45 @@ class ScoringWorker:
             raw = msg.value or b""
             self.metrics.inc("escrowguard_events_in_total", topic=msg.topic)
             try:
-                event = decode(raw, max_bytes=w.max_message_bytes,
-                               unknown_fields=w.unknown_fields)
+                event = decode(raw, max_bytes=w.max_message_bytes, unknown_fields=w.unknown_fields)
             except DecodeError as exc:
                 self._reject(raw, pos, exc.reason, str(exc), None, now_s, wall)
                 continue
             if self.topic_suffix.get(msg.topic) != event.topic_suffix:
-                self._reject(raw, pos, Reason.WRONG_TOPIC,
-                             f"{event.event_type} belongs on the '{event.topic_suffix}' topic",
-                             event.event_id, now_s, wall)
+                self._reject(
+                    raw,
+                    pos,
+                    Reason.WRONG_TOPIC,
+                    f"{event.event_type} belongs on the '{event.topic_suffix}' topic",
+                    event.event_id,
+                    now_s,
+                    wall,
+                )
                 continue
             t_us = event.occurred_us
             if t_us > future_limit_us:
-                self._reject(raw, pos, Reason.FUTURE_TIMESTAMP,
-                             f"occurred_at is more than {w.max_future_skew_s} s in the future",
-                             event.event_id, now_s, wall)
+                self._reject(
+                    raw,
+                    pos,
+                    Reason.FUTURE_TIMESTAMP,
+                    f"occurred_at is more than {w.max_future_skew_s} s in the future",
+                    event.event_id,
+                    now_s,
+                    wall,
+                )
                 continue
             self.buffer.add(Pending(event, pos, t_us, now_s, raw))
 
-    def _reject(self, raw: bytes, pos: Position, reason: str, detail: str,
-                event_id: str | None, now_s: float, wall: datetime) -> None:
+    def _reject(
+        self,
+        raw: bytes,
+        pos: Position,
+        reason: str,
+        detail: str,
+        event_id: str | None,
+        now_s: float,
+        wall: datetime,
+    ) -> None:
         self.buffer.add_finished(pos, now_s)
         self._dead.append((dead_letter(raw, pos, reason, detail, event_id, wall), pos))
 
@@ -162,27 +201,43 @@ class ScoringWorker:
             reads = None
             if candidates:
                 reads = await self.store.read(candidates, own, bound, self._bandit.keys())
+                # posteriors as of a past day never change: keep them, and hand the
+                # processor every one it may need (the store skipped the cached days)
                 self._bandit.update(reads.bandit)
+                reads.bandit = self._bandit
             processed: list[Pending] = []
             if reads is not None and reads.events:
-                outcome = self.processor.process(candidates, reads, wall)
+                try:
+                    outcome = self.processor.process(candidates, reads, wall)
+                except MissingBanditDays as missing:
+                    extra = await self.store.read([], own, bound, (), days=missing.days)
+                    self._bandit.update(extra.bandit)
+                    outcome = self.processor.process(candidates, reads, wall)
                 processed = outcome.processed
+                if outcome.outcomes_from_us is not None:
+                    # posteriors of days after a newly applied outcome were read without it
+                    self._bandit = {
+                        d: c
+                        for d, c in self._bandit.items()
+                        if d * DAY_US <= outcome.outcomes_from_us
+                    }
                 deciding = {id(p) for p in processed}
                 fresh_max = max((p.t_us for p in processed), default=self._processed_max)
                 labels = await self.store.write(
                     outcome.writes,
                     {tp_key(tp): t for tp, t in self.buffer.frontiers(now_s, deciding).items()},
                     max(self._processed_max, fresh_max),
-                    {tp_key(tp): off
-                     for tp, off in self.buffer.applied_offsets(deciding).items()},
+                    {tp_key(tp): off for tp, off in self.buffer.applied_offsets(deciding).items()},
                     labels_key=f"labels:{self.processor.models.version}",
                 )
                 self._processed_max = max(self._processed_max, fresh_max)
+                self._published = {}
                 outputs += outcome.outputs
                 for note in outcome.dead_letters:
                     p = note.pending
-                    outputs.append(dead_letter(p.raw, p.pos, note.reason, note.detail,
-                                               p.event.event_id, wall))
+                    outputs.append(
+                        dead_letter(p.raw, p.pos, note.reason, note.detail, p.event.event_id, wall)
+                    )
                 outputs += self.processor.monitor_alerts(labels, wall)
                 finished += [p.pos for p in processed]
                 self._count(processed, outcome.duplicates, outcome.redeliveries)
@@ -198,8 +253,23 @@ class ScoringWorker:
             decided += n
             self.metrics.observe("escrowguard_batch_size", n)
             self.metrics.observe("escrowguard_batch_seconds", time.perf_counter() - started)
-            if reads is not None and not reads.events and not outputs:
-                return decided  # waiting for the frontier: nothing more to do now
+            if not processed:
+                await self._publish_frontiers(now_s)
+                if not outputs:
+                    return decided  # waiting for the frontier: nothing more to do now
+
+    async def _publish_frontiers(self, now_s: float) -> None:
+        """Tell the other workers how far this one got, even when it decided nothing
+        (else two workers each waiting on the other's frontier would wait forever)."""
+        frontiers = {tp_key(tp): t for tp, t in self.buffer.frontiers(now_s).items()}
+        if frontiers != self._published:
+            await self.store.write(
+                Writes(),
+                frontiers,
+                self._processed_max,
+                {tp_key(tp): off for tp, off in self.buffer.applied_offsets().items()},
+            )
+            self._published = frontiers
 
     # --- bookkeeping ---
 
@@ -242,7 +312,8 @@ class ScoringWorker:
         self._last_log_s = now_s
         m = self.metrics
         log_event(
-            log, "worker_progress",
+            log,
+            "worker_progress",
             scored=int(sum(m.values.get("escrowguard_events_scored_total", {}).values())),
             dead_letters=int(sum(m.values.get("escrowguard_dead_letters_total", {}).values())),
             alerts=int(sum(m.values.get("escrowguard_alerts_total", {}).values())),
