@@ -151,3 +151,26 @@ def make_id(prefix: str, *parts: str) -> str:
 def freeze_id(milestone_id: str) -> str:
     """The one freeze id a milestone can have."""
     return make_id("fz", milestone_id)
+
+
+def build_release(
+    freeze_id: str,
+    project_id: str,
+    milestone_id: str,
+    reason: str,
+    model_version: str,
+    now: datetime,
+) -> PayoutFreeze:
+    """A manual-review release of a freeze (same ``freeze_id`` as the freeze it ends)."""
+    return PayoutFreeze(
+        freeze_id=freeze_id,
+        action="release",
+        project_id=project_id,
+        milestone_id=milestone_id,
+        reason=f"manual_release: {reason}",
+        risk_score=None,
+        alert_ids=[],
+        occurred_at=now,
+        emitted_at=now,
+        model_version=model_version,
+    )

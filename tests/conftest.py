@@ -64,7 +64,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _docker_answers() -> bool:
     try:
-        import docker  # noqa: PLC0415 - only needed when no servers are configured
+        import docker
 
         client = docker.from_env(timeout=3)
         try:
@@ -102,8 +102,8 @@ def servers() -> Iterator[Servers]:
 
 def _docker_servers() -> Iterator[Servers]:
     """apache/kafka (single-node KRaft) and redis containers (unverified here: no Docker)."""
-    from testcontainers.core.container import DockerContainer  # noqa: PLC0415
-    from testcontainers.redis import RedisContainer  # noqa: PLC0415
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.redis import RedisContainer
 
     port = free_port()  # the same port inside and outside, so the advertised address works
     kafka = (

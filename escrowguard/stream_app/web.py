@@ -25,7 +25,7 @@ from faust.web import Request, Response, View
 
 from escrowguard.errors import DecodeError, EscrowguardError
 from escrowguard.events import PledgeCreated, decode
-from escrowguard.outputs import PayoutFreeze
+from escrowguard.outputs import build_release
 from escrowguard.stream_app.ordering import UNBOUNDED, Pending, Position
 
 if TYPE_CHECKING:
@@ -123,29 +123,15 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
             except msgspec.DecodeError as exc:
                 return self.json({"error": str(exc)}, status=400)
             release = build_release(
-                req.freeze_id, req.project_id, req.milestone_id, req.reason, runtime.models.version
+                req.freeze_id,
+                req.project_id,
+                req.milestone_id,
+                req.reason,
+                runtime.models.version,
+                datetime.now(UTC),
             )
             await runtime.publisher.send_all([release])
             return self.json({"released": req.freeze_id})
-
-
-def build_release(
-    freeze_id: str, project_id: str, milestone_id: str, reason: str, model_version: str
-) -> PayoutFreeze:
-    """A manual-review release of a freeze (same ``freeze_id`` as the freeze)."""
-    now = datetime.now(UTC)
-    return PayoutFreeze(
-        freeze_id=freeze_id,
-        action="release",
-        project_id=project_id,
-        milestone_id=milestone_id,
-        reason=f"manual_release: {reason}",
-        risk_score=None,
-        alert_ids=[],
-        occurred_at=now,
-        emitted_at=now,
-        model_version=model_version,
-    )
 
 
 def _export_monitor(runtime: Runtime, key: str, value: float) -> None:
