@@ -201,3 +201,27 @@ def generate_cmd(out_dir: Path, seed: int, scale: float) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.command("worker")
+@click.option(
+    "--models",
+    "bundle",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Model bundle directory (default: the registry's promoted bundle).",
+)
+@click.option(
+    "--consumption",
+    type=click.Choice(["batch", "agent"]),
+    help="Override worker.consumption for this run.",
+)
+@pass_ctx
+@friendly_errors
+def worker_cmd(ctx: Context, bundle: Path | None, consumption: str | None) -> None:
+    """Run the stream scorer (a Faust worker) on KAFKA_BOOTSTRAP_SERVERS and REDIS_URL."""
+    from escrowguard.stream_app.runner import run_worker
+
+    settings = ctx.settings
+    if consumption:
+        settings = settings.replace(worker={"consumption": consumption})
+    run_worker(settings, bundle)

@@ -79,23 +79,32 @@ class Publisher:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.producer = AIOKafkaProducer(
-            **client_options(settings.kafka, client_suffix="out"),
+        self._producer: AIOKafkaProducer | None = None
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The started producer (aiokafka clients are created inside the running loop)."""
+        if self._producer is None:
+            raise PublishError("the output producer is not started")
+        return self._producer
+
+    async def start(self) -> None:
+        """Connect to the brokers."""
+        self._producer = AIOKafkaProducer(
+            **client_options(self.settings.kafka, client_suffix="out"),
             acks="all",
             linger_ms=5,
             max_batch_size=256 * 1024,
         )
-
-    async def start(self) -> None:
-        """Connect to the brokers."""
         try:
-            await self.producer.start()
+            await self._producer.start()
         except KafkaError as exc:
             raise PublishError(f"cannot connect the output producer: {exc}") from exc
 
     async def stop(self) -> None:
         """Flush and disconnect."""
-        await self.producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
 
     async def send_all(self, outputs: Sequence[AnyOutput]) -> None:
         """Send every output and wait until all are acknowledged."""

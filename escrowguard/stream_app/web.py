@@ -31,7 +31,7 @@ from escrowguard.stream_app.ordering import UNBOUNDED, Pending, Position
 if TYPE_CHECKING:
     from escrowguard.stream_app.app import Runtime
 
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
 class ReleaseRequest(msgspec.Struct, forbid_unknown_fields=True):
