@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -102,7 +103,7 @@ class Deployment:
     """Topics, partitions, workers and the shared store of one simulated run."""
 
     settings: Settings
-    store: MemoryStore
+    store: Any
     workers: list[ScoringWorker]
     owners: dict[tuple[str, int], int]
     queues: dict[tuple[str, int], list[bytes]] = field(default_factory=dict)
@@ -115,14 +116,23 @@ def partition_of(event: AnyEvent, partitions: int) -> int:
 
 
 def deploy(
-    partitions: int, workers: int, batch: int = 200, crash_rate: float = 0.0, seed: int = 0
+    partitions: int,
+    workers: int,
+    batch: int = 200,
+    crash_rate: float = 0.0,
+    seed: int = 0,
+    store_factory: Any = None,
+    base: Settings | None = None,
 ) -> Deployment:
-    settings = load_settings(env={}).replace(
+    """``store_factory(settings, windows)`` builds the store (default: ``MemoryStore``)."""
+    settings = (base or load_settings(env={})).replace(
         topics={"prefix": "sim.", "partitions": partitions},
         worker={"batch_max_events": batch, "idle_partition_ms": 100},
     )
     windows = FeatureWindows()
-    store = MemoryStore(windows, settings.bandit)
+    store = (
+        store_factory(settings, windows) if store_factory else MemoryStore(windows, settings.bandit)
+    )
     collector = Collector(crash_rate, seed)
     models = RuleModels()
     pool = [
@@ -138,7 +148,6 @@ def deploy(
     for suffix in ("backers", "projects", "pledges", "votes"):
         for p in range(partitions):
             owners[(f"sim.{suffix}", p)] = p % workers
-    asyncio.run(store.register_partitions(f"{t}:{p}" for t, p in owners))
     dep = Deployment(settings, store, pool, owners, collector=collector)
     dep.queues = {tp: [] for tp in owners}
     for i, w in enumerate(pool):
@@ -219,9 +228,22 @@ def simulate(
     workers: int,
     seed: int,
     crash_rate: float = 0.0,
+    store_factory: Any = None,
+    base: Settings | None = None,
     **kw: object,
 ) -> Deployment:
-    dep = deploy(partitions, workers, crash_rate=crash_rate, seed=seed)
-    produce(dep, lines, kw.pop("extra", ()))  # type: ignore[arg-type]
-    asyncio.run(run(dep, seed, **kw))  # type: ignore[arg-type]
-    return dep
+    async def main() -> Deployment:
+        dep = deploy(
+            partitions,
+            workers,
+            crash_rate=crash_rate,
+            seed=seed,
+            store_factory=store_factory,
+            base=base,
+        )
+        await dep.store.register_partitions(f"{t}:{p}" for t, p in dep.owners)
+        produce(dep, lines, kw.pop("extra", ()))  # type: ignore[arg-type]
+        await run(dep, seed, **kw)  # type: ignore[arg-type]
+        return dep
+
+    return asyncio.run(main())
