@@ -122,6 +122,7 @@ class FeatureSettings(_Section, frozen=True):
     backer_burst_window_s: int
     backer_day_window_s: int
     wallet_window_s: int
+    late_pledge_window_s: int
     project_state_ttl_s: int
     max_members_per_read: int
 
@@ -136,6 +137,7 @@ class ThresholdSettings(_Section, frozen=True):
     project_checkpoint_fraction: float
     sybil_max_hhi: float
     sybil_min_votes: int
+    sybil_min_late_weight_share: float
     sybil_max_shared_wallet_share: float
     sybil_min_shared_wallet_voters: int
     exit_scam_min_funding_ratio: float
@@ -353,6 +355,7 @@ def _check(s: Settings) -> None:
         "project_at_risk_below",
         "project_checkpoint_fraction",
         "sybil_max_hhi",
+        "sybil_min_late_weight_share",
         "sybil_max_shared_wallet_share",
         "exit_scam_low_approval",
         "drift_max_shift",

@@ -40,6 +40,7 @@ class FeatureWindows(msgspec.Struct, frozen=True):
     backer_burst_s: int = 3_600
     backer_day_s: int = 86_400
     wallet_s: int = 7 * 86_400
+    late_pledge_s: int = 2 * 86_400
     approval_target: float = 0.7
 
     @classmethod
@@ -50,6 +51,7 @@ class FeatureWindows(msgspec.Struct, frozen=True):
             backer_burst_s=features.backer_burst_window_s,  # type: ignore[attr-defined]
             backer_day_s=features.backer_day_window_s,  # type: ignore[attr-defined]
             wallet_s=features.wallet_window_s,  # type: ignore[attr-defined]
+            late_pledge_s=features.late_pledge_window_s,  # type: ignore[attr-defined]
             approval_target=approval_target,
         )
 
@@ -203,6 +205,7 @@ VOTE_FEATURES: Final = (
     "shared_wallet_voter_share",
     "largest_shared_wallet_group",
     "largest_group_agreement",
+    "late_weight_share",
     "window_fraction",
     "project_funding_ratio",
     "creator_reputation",
@@ -247,6 +250,7 @@ def vote_state_features(
         top3 = 1.0 if n else 0.0
         approval_w = sum(v.approve for v in ballots) / n if n else 0.0
     share, largest, agreement = _shared_wallet_stats(ballots, project_pledges)
+    late = _late_weight_share(ballots, project_pledges, project, windows.late_pledge_s)
     span = milestone.closes_us - milestone.opens_us
     window = (t_us - milestone.opens_us) / span if span > 0 else 1.0
     funded = sum(p.amount_cents for p in project_pledges)
@@ -266,6 +270,7 @@ def vote_state_features(
         share,
         float(largest),
         agreement,
+        late,
         min(max(window, 0.0), 1.0),
         funded / goal if goal else 0.0,
         project.reputation if project else 0.0,
@@ -275,6 +280,25 @@ def vote_state_features(
         float(prior_low),
         prior_mean,
     ]
+
+
+def _late_weight_share(
+    ballots: Sequence[VoteRecord],
+    project_pledges: Sequence[PledgeRecord],
+    project: ProjectRef | None,
+    late_s: int,
+) -> float:
+    """Share of the vote weight held by voters who first backed the project only in the
+    last ``late_s`` seconds of its campaign (voting power bought at the last minute)."""
+    total = sum(v.weight for v in ballots)
+    if project is None or total <= 0:
+        return 0.0
+    first: dict[str, int] = {}
+    for p in project_pledges:
+        first[p.backer_id] = min(first.get(p.backer_id, p.t_us), p.t_us)
+    cutoff = project.deadline_us - late_s * US
+    late = sum(v.weight for v in ballots if first.get(v.backer_id, 0) >= cutoff)
+    return late / total
 
 
 def _shared_wallet_stats(

@@ -51,7 +51,11 @@ def sybil_vote(f: Mapping[str, float], th: ThresholdSettings) -> list[AlertReaso
     """A milestone vote swayed by few hands: weight concentrated in few voters, or many
     voters funded from one shared wallet voting alike."""
     reasons = []
-    if f["votes"] >= th.sybil_min_votes and f["weight_hhi"] > th.sybil_max_hhi:
+    if (
+        f["votes"] >= th.sybil_min_votes
+        and f["weight_hhi"] > th.sybil_max_hhi
+        and f["late_weight_share"] >= th.sybil_min_late_weight_share
+    ):
         reasons.append(
             AlertReason(
                 "weight_hhi",
@@ -59,6 +63,15 @@ def sybil_vote(f: Mapping[str, float], th: ThresholdSettings) -> list[AlertReaso
                 th.sybil_max_hhi,
                 f"vote weight is concentrated: Herfindahl index {f['weight_hhi']:.2f} over "
                 f"{int(f['unique_voters'])} voters (top 3 hold {f['top3_weight_share']:.0%})",
+            )
+        )
+        reasons.append(
+            AlertReason(
+                "late_weight_share",
+                round(f["late_weight_share"], 4),
+                th.sybil_min_late_weight_share,
+                f"{f['late_weight_share']:.0%} of the vote weight belongs to backers who "
+                "first pledged in the campaign's last 48 hours",
             )
         )
     if (
@@ -83,15 +96,22 @@ def exit_scam(
     resolutions: Sequence[ResolutionRecord],
     th: ThresholdSettings,
 ) -> list[AlertReason] | None:
-    """A well-funded project whose milestones keep getting low approval.
+    """A well-funded project whose milestones keep getting low approval after its creator
+    was paid once: the last ``exit_scam_min_low_milestones`` resolutions are all below
+    ``exit_scam_low_approval`` and an approved milestone came before them.
 
-    ``resolutions`` are the project's resolved milestones so far, the triggering one
-    included.
+    ``resolutions`` are the project's resolved milestones so far in time order, the
+    triggering one included.
     """
-    low = [r for r in resolutions if r.approval_rate < th.exit_scam_low_approval]
-    if funding_ratio < th.exit_scam_min_funding_ratio or len(low) < th.exit_scam_min_low_milestones:
+    n = th.exit_scam_min_low_milestones
+    if funding_ratio < th.exit_scam_min_funding_ratio or len(resolutions) <= n:
         return None
-    rates = ", ".join(f"{r.approval_rate:.0%}" for r in low)
+    streak = resolutions[-n:]
+    if any(r.approval_rate >= th.exit_scam_low_approval for r in streak):
+        return None
+    if not any(r.approved for r in resolutions[:-n]):
+        return None
+    rates = ", ".join(f"{r.approval_rate:.0%}" for r in streak)
     return [
         AlertReason(
             "project_funding_ratio",
@@ -100,11 +120,11 @@ def exit_scam(
             f"the project raised {funding_ratio:.0%} of its goal",
         ),
         AlertReason(
-            "low_approval_milestones",
-            len(low),
-            th.exit_scam_min_low_milestones,
-            f"{len(low)} milestones resolved below {th.exit_scam_low_approval:.0%} approval "
-            f"({rates})",
+            "low_approval_streak",
+            n,
+            th.exit_scam_low_approval,
+            f"after an approved milestone, the last {n} milestones resolved below "
+            f"{th.exit_scam_low_approval:.0%} approval ({rates})",
         ),
     ]
 

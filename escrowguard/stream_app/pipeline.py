@@ -656,9 +656,7 @@ class BatchProcessor:
                     milestone_id=ev.milestone_id,
                     backer_id=None,
                     event_ids=[
-                        r.event_id
-                        for r in resolved_after
-                        if r.approval_rate < th.exit_scam_low_approval
+                        r.event_id for r in resolved_after[-th.exit_scam_min_low_milestones :]
                     ],
                     reasons=reasons,
                     occurred_at=ev.occurred_at,

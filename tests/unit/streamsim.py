@@ -21,7 +21,12 @@ from typing import Any
 import numpy as np
 
 from escrowguard.events import AnyEvent, decode
-from escrowguard.models.features import FeatureWindows
+from escrowguard.models.features import (
+    ANOMALY_FEATURES,
+    PROJECT_FEATURES,
+    VOTE_FEATURES,
+    FeatureWindows,
+)
 from escrowguard.outputs import Alert, AnyOutput, DeadLetter, MilestoneDecision, PayoutFreeze
 from escrowguard.settings import Settings, load_settings
 from escrowguard.stream_app.memory_store import MemoryStore
@@ -44,14 +49,23 @@ class RuleModels:
     training_end_us = 0
 
     def anomaly_scores(self, X: np.ndarray) -> np.ndarray:
-        # large amount vs the backer's mean, bursts, young accounts
-        return 1 / (1 + np.exp(-(0.8 * X[:, 2] + 0.5 * X[:, 5] - 0.15 * X[:, 8] + 0.5)))
+        # large amount vs the backer's mean, bursts, young accounts (ANOMALY_FEATURES order)
+        vs_mean, burst, age = (
+            ANOMALY_FEATURES.index(n)
+            for n in ("amount_vs_backer_mean", "backer_pledges_1h", "log_account_age_s")
+        )
+        z = 0.8 * X[:, vs_mean] + 0.5 * X[:, burst] - 0.15 * X[:, age] + 0.5
+        return 1 / (1 + np.exp(-z))
 
     def risk(self, X: np.ndarray) -> np.ndarray:
-        return np.clip(1.0 - X[:, 2] + 0.1 * X[:, 16], 0.0, 1.0)
+        approval, low = (
+            VOTE_FEATURES.index("approval_weighted"),
+            VOTE_FEATURES.index("prior_low_approval"),
+        )
+        return np.clip(1.0 - X[:, approval] + 0.1 * X[:, low], 0.0, 1.0)
 
     def success(self, X: np.ndarray) -> np.ndarray:
-        return np.clip(X[:, 3] / 20.0, 0.0, 1.0)
+        return np.clip(X[:, PROJECT_FEATURES.index("pledge_count")] / 20.0, 0.0, 1.0)
 
     def reference(self, feature: str) -> tuple[float, float]:
         return 0.0, 1.0
