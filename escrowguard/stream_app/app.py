@@ -131,8 +131,14 @@ class Runtime:
                     error=exc.message,
                     retry_in_s=round(delay, 2),
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.redis.retry_backoff_max_s)
+            except Exception:
+                # a bug, not an outage: the buffer is untouched, so retrying is safe; the
+                # per-event isolation in the pipeline keeps one bad event from looping here
+                self.healthy = False
+                self.metrics.inc("escrowguard_batch_failures_total")
+                log.exception("batch_failed retry_in_s=%s", round(delay, 2))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.redis.retry_backoff_max_s)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -169,22 +175,34 @@ class BatchConsumer(Service):
 
     async def assigned(self, tps: list[TopicPartition]) -> None:
         """Resume each partition from the earlier of Kafka's commit and Redis's position
-        (a Redis that lost its last writes is replayed into, not skipped)."""
-        stored = await self.runtime.store.positions()
-        positions = {}
-        for tp in tps:
-            committed = await self.consumer.committed(tp)
-            redis_pos = stored.get(tp_key((tp.topic, tp.partition)))
-            options = [o for o in (committed, redis_pos) if o is not None]
-            if options:
-                offset = min(options)
+        (a Redis that lost its last writes is replayed into, not skipped).
+
+        The partitions stay paused while their positions are looked up, so no fetch can
+        hand over records from before the seek.
+        """
+        if not tps:
+            return
+        self.consumer.pause(*tps)
+        try:
+            stored = await self.runtime.store.positions()
+            beginning = await self.consumer.beginning_offsets(tps)
+            positions = {}
+            for tp in tps:
+                committed = await self.consumer.committed(tp)
+                redis_pos = stored.get(tp_key((tp.topic, tp.partition)))
+                options = [o for o in (committed, redis_pos) if o is not None]
+                offset = max(min(options), beginning[tp]) if options else beginning[tp]
                 self.consumer.seek(tp, offset)
-            else:
-                await self.consumer.seek_to_beginning(tp)
-                offset = 0
-            positions[(tp.topic, tp.partition)] = offset
-        self.runtime.worker.assign(positions, time.monotonic())
-        log_event(log, "partitions_assigned", count=len(tps))
+                positions[(tp.topic, tp.partition)] = offset
+            self.runtime.worker.assign(positions, time.monotonic())
+        finally:
+            self.consumer.resume(*(set(tps) - self._paused))
+        log_event(
+            log,
+            "partitions_assigned",
+            count=len(tps),
+            resume=",".join(f"{t}:{p}@{o}" for (t, p), o in sorted(positions.items())),
+        )
 
     @Service.task
     async def _drain_loop(self) -> None:

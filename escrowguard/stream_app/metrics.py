@@ -20,6 +20,10 @@ _HELP: Final = {
     "escrowguard_events_scored_total": ("counter", "Events decided, by event type."),
     "escrowguard_dead_letters_total": ("counter", "Messages dead-lettered, by reason."),
     "escrowguard_duplicates_total": ("counter", "Duplicate event ids dropped."),
+    "escrowguard_stale_messages_total": (
+        "counter",
+        "Fetched messages ignored: partition not owned (yet) or already taken.",
+    ),
     "escrowguard_redeliveries_total": ("counter", "Already-applied events redelivered."),
     "escrowguard_alerts_total": ("counter", "Alerts emitted, by kind."),
     "escrowguard_freezes_total": ("counter", "Payout freezes emitted."),
@@ -37,6 +41,7 @@ _HELP: Final = {
     "escrowguard_model_info": ("gauge", "The model bundle version serving (label)."),
     "escrowguard_store_errors_total": ("counter", "Redis calls that failed and were retried."),
     "escrowguard_publish_errors_total": ("counter", "Kafka sends that failed and were retried."),
+    "escrowguard_batch_failures_total": ("counter", "Batches that raised unexpectedly, retried."),
 }
 
 

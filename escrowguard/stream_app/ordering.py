@@ -86,7 +86,9 @@ class ReorderBuffer:
     # --- ownership ---
 
     def assign(self, positions: dict[TopicPartition, int], now_s: float) -> None:
-        """Start tracking partitions from their next offsets."""
+        """Start tracking partitions from their next offsets (anything buffered for them
+        before is dropped: it will be fetched again from there)."""
+        self.revoke(positions)
         for tp, offset in positions.items():
             self._parts[tp] = _Partition(now_s, offset)
 
@@ -111,6 +113,18 @@ class ReorderBuffer:
         part = self._parts.get(tp)
         if part is not None and highwater is not None:
             part.highwater = highwater
+
+    def accepts(self, pos: Position) -> bool:
+        """Whether a fetched message is new for this worker: its partition is owned and it
+        comes after everything taken from that partition (a fetch that raced a seek or a
+        rebalance can return stale or repeated messages)."""
+        part = self._parts.get(pos[:2])
+        return part is not None and pos.offset >= part.next_offset
+
+    def next_offset(self, tp: TopicPartition) -> int | None:
+        """The next offset expected from a partition (None if not owned)."""
+        part = self._parts.get(tp)
+        return None if part is None else part.next_offset
 
     def add(self, pending: Pending) -> None:
         """Buffer a decoded event."""

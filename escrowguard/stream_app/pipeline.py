@@ -9,10 +9,11 @@ decided, and the whole pipeline runs in unit tests against ``MemoryStore``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 import numpy as np
@@ -66,6 +67,7 @@ from escrowguard.stream_app.explain import explain_pledge
 from escrowguard.stream_app.monitor import Monitor
 from escrowguard.stream_app.ordering import Pending
 
+log = logging.getLogger(__name__)
 DAY_US: Final = 86_400 * 1_000_000
 _PLEDGE_INDEX: Final = {name: i for i, name in enumerate(PLEDGE_FEATURES)}
 _VOTE_INDEX: Final = {name: i for i, name in enumerate(VOTE_FEATURES)}
@@ -259,43 +261,49 @@ class BatchProcessor:
                 )
                 writes.seen.append((event.event_id, pending.t_us, position))
                 continue
-            ctx = with_overlay(read.context, overlay, event, self.windows)
-            reason = check_event(event, ctx)
-            if reason is not None:
-                dead.append(DeadLetterNote(pending, reason, _explain_reason(reason, event)))
+            try:
+                ctx = with_overlay(read.context, overlay, event, self.windows)
+                reason = check_event(event, ctx)
+                if reason is not None:
+                    dead.append(DeadLetterNote(pending, reason, _explain_reason(reason, event)))
+                    if not redelivery:
+                        writes.seen.append((event.event_id, pending.t_us, position))
+                    continue
+                if isinstance(event, PledgeCreated):
+                    assert isinstance(ctx, PledgeContext)
+                    row = pledge_features(
+                        pending.t_us,
+                        event.amount_cents,
+                        event.backer_id,
+                        event.source_wallet,
+                        ctx,
+                        self.windows,
+                    )
+                    pledge_jobs.append((pending, event, ctx, row, redelivery))
+                    job = self._checkpoint(pending, event, ctx)
+                    if job is not None:
+                        checkpoint_jobs.append(job)
+                elif isinstance(event, VoteCast):
+                    assert isinstance(ctx, VoteContext) and ctx.milestone is not None
+                    if (
+                        outcomes_from_us is not None
+                        and outcomes_from_us < bandit_day(ctx.milestone) * DAY_US
+                    ):
+                        # its release arm needs a posterior that outcomes decided in this
+                        # very batch belong to: decide up to here, this vote next batch
+                        out.processed = eligible = eligible[:index]
+                        break
+                    vote_jobs.append(self._vote_job(pending, event, ctx, redelivery))
+                elif isinstance(event, MilestoneResolved):
+                    assert isinstance(ctx, ResolutionContext)
+                    resolution_jobs.append((pending, event, ctx, redelivery))
+                    if not redelivery:
+                        outcomes_from_us = min(outcomes_from_us or pending.t_us, pending.t_us)
+            except Exception as exc:  # one poison event must not stop the others
+                dead.append(_processing_error(pending, exc))
                 if not redelivery:
                     writes.seen.append((event.event_id, pending.t_us, position))
                 continue
-            if isinstance(event, PledgeCreated):
-                assert isinstance(ctx, PledgeContext)
-                row = pledge_features(
-                    pending.t_us,
-                    event.amount_cents,
-                    event.backer_id,
-                    event.source_wallet,
-                    ctx,
-                    self.windows,
-                )
-                pledge_jobs.append((pending, event, ctx, row, redelivery))
-                job = self._checkpoint(pending, event, ctx)
-                if job is not None:
-                    checkpoint_jobs.append(job)
-            elif isinstance(event, VoteCast):
-                assert isinstance(ctx, VoteContext) and ctx.milestone is not None
-                if (
-                    outcomes_from_us is not None
-                    and outcomes_from_us < bandit_day(ctx.milestone) * DAY_US
-                ):
-                    # its release arm needs a posterior that outcomes decided in this very
-                    # batch belong to: decide the batch up to here, this vote in the next
-                    out.processed = eligible = eligible[:index]
-                    break
-                vote_jobs.append(self._vote_job(pending, event, ctx, redelivery))
-            elif isinstance(event, MilestoneResolved):
-                assert isinstance(ctx, ResolutionContext)
-                resolution_jobs.append((pending, event, ctx, redelivery))
-                if not redelivery:
-                    outcomes_from_us = min(outcomes_from_us or pending.t_us, pending.t_us)
             if not redelivery:
                 overlay.apply(event)
                 writes.seen.append((event.event_id, pending.t_us, position))
@@ -308,10 +316,17 @@ class BatchProcessor:
         out.outcomes_from_us = outcomes_from_us
         version = self.models.version
         emitted = now
-        self._score_pledges(pledge_jobs, outputs, version, emitted)
-        self._score_checkpoints(checkpoint_jobs, outputs, version, emitted)
-        self._score_votes(vote_jobs, reads, writes, outputs, version, emitted)
-        self._score_resolutions(resolution_jobs, outputs, version, emitted)
+        stages: list[tuple[list[Any], Callable[[list[Any], list[AnyOutput]], None]]] = [
+            (pledge_jobs, lambda jobs, o: self._score_pledges(jobs, o, version, emitted)),
+            (checkpoint_jobs, lambda jobs, o: self._score_checkpoints(jobs, o, version, emitted)),
+            (
+                vote_jobs,
+                lambda jobs, o: self._score_votes(jobs, reads, writes, o, version, emitted),
+            ),
+            (resolution_jobs, lambda jobs, o: self._score_resolutions(jobs, o, version, emitted)),
+        ]
+        for jobs, stage in stages:
+            _isolated(jobs, stage, outputs, dead)
         out.counts = {
             "pledges": len(pledge_jobs),
             "votes": len(vote_jobs),
@@ -696,6 +711,45 @@ class BatchProcessor:
         if self.monitor is not None and eval_rows:
             probs = self.models.risk(np.asarray(eval_rows, dtype=np.float64))
             self.monitor.observe_outcomes(eval_labels, probs)
+
+
+def _pending_of(job: Any) -> Pending:
+    return job.pending if isinstance(job, _VoteJob) else job[0]
+
+
+def _isolated(
+    jobs: list[Any],
+    stage: Callable[[list[Any], list[AnyOutput]], None],
+    outputs: list[AnyOutput],
+    dead: list[DeadLetterNote],
+) -> None:
+    """Run a scoring stage on the whole batch; if it raises, run it job by job so only the
+    events that really fail are dead-lettered (``processing_error``), never acked away."""
+    if not jobs:
+        return
+    produced: list[AnyOutput] = []
+    try:
+        stage(jobs, produced)
+    except Exception:
+        for job in jobs:
+            one: list[AnyOutput] = []
+            try:
+                stage([job], one)
+            except Exception as exc:
+                dead.append(_processing_error(_pending_of(job), exc))
+                continue
+            outputs.extend(one)
+        return
+    outputs.extend(produced)
+
+
+def _processing_error(pending: Pending, exc: Exception) -> DeadLetterNote:
+    log.exception(
+        "processing_error event_id=%s event_type=%s",
+        pending.event.event_id,
+        pending.event.event_type,
+    )
+    return DeadLetterNote(pending, Reason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"[:300])
 
 
 def bandit_day(milestone: MilestoneRef) -> int:

@@ -138,6 +138,18 @@ class ScoringWorker:
         future_limit_us = _to_us(wall) + w.max_future_skew_s * 1_000_000
         for msg in messages:
             pos = Position(msg.topic, msg.partition, msg.offset)
+            if not self.buffer.accepts(pos):
+                self.metrics.inc("escrowguard_stale_messages_total")
+                if self.metrics.get("escrowguard_stale_messages_total") < 5:
+                    log_event(
+                        log,
+                        "stale_message",
+                        logging.WARNING,
+                        position=pos.text(),
+                        owned=pos[:2] in set(self.buffer.partitions),
+                        next_offset=self.buffer.next_offset(pos[:2]),
+                    )
+                continue
             raw = msg.value or b""
             self.metrics.inc("escrowguard_events_in_total", topic=msg.topic)
             try:

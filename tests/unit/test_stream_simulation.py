@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 
+import numpy as np
 import pytest
 
 from escrowguard.events import decode, encode
 from escrowguard.models.features import FeatureWindows
 from escrowguard.models.history import walk_history
-from escrowguard.outputs import DETERMINISTIC_KINDS, Alert, MilestoneDecision, PayoutFreeze
+from escrowguard.outputs import (
+    DETERMINISTIC_KINDS,
+    Alert,
+    DeadLetter,
+    MilestoneDecision,
+    PayoutFreeze,
+)
 from escrowguard.producers.generator import generate_history
-from tests.unit.streamsim import Deployment, output_id, simulate
+from tests.unit import streamsim
+from tests.unit.streamsim import Deployment, RuleModels, output_id, simulate
 
 
 @functools.cache
@@ -120,3 +129,48 @@ def test_noise_is_dead_lettered_and_changes_nothing() -> None:
         "wrong_topic": 1,
     }
     assert sum(w.metrics.get("escrowguard_duplicates_total") for w in dep.workers) == 1
+
+
+class _PoisonModels(RuleModels):
+    """Raises when scoring one particular pledge amount: a bug hit by one event."""
+
+    def __init__(self, poison_log_amount: float) -> None:
+        self.poison = poison_log_amount
+
+    def anomaly_scores(self, X: np.ndarray) -> np.ndarray:
+        if np.any(np.isclose(X[:, 0], self.poison)):
+            raise FloatingPointError("model blew up on this row")
+        return super().anomaly_scores(X)
+
+
+def test_an_exception_on_one_event_dead_letters_only_that_event(monkeypatch) -> None:
+    lines = history_lines()
+    pledges = [decode(x) for x in lines if b'"pledge_created"' in x]
+    victim = pledges[len(pledges) // 2]
+    poison = math.log1p(victim.amount_cents / 100)
+    same_amount = [
+        p.event_id for p in pledges if math.isclose(math.log1p(p.amount_cents / 100), poison)
+    ]
+    monkeypatch.setattr(streamsim, "RuleModels", lambda: _PoisonModels(poison))
+    dep = simulate(lines, partitions=4, workers=2, seed=14)
+    letters = [o for o in dep.collector.outputs if isinstance(o, DeadLetter)]
+    assert {d.event_id for d in letters} == set(same_amount)
+    assert all(d.reason == "processing_error" for d in letters)
+    # every other decision is the clean run's (the poisoned pledge raised no anomaly alert)
+    clean = baseline()
+    got = decided(dep)
+    assert got["freezes"] == clean["freezes"] and got["decisions"] == clean["decisions"]
+    missing = clean["alerts"] - got["alerts"]
+    assert len(missing) <= len(same_amount)
+
+
+def test_stale_and_repeated_fetches_are_ignored() -> None:
+    from escrowguard.stream_app.ordering import Position, ReorderBuffer
+
+    buffer = ReorderBuffer(max_events=10, idle_s=1.0)
+    buffer.assign({("t", 0): 5}, 0.0)
+    assert not buffer.accepts(Position("t", 0, 4))  # before the assigned start
+    assert not buffer.accepts(Position("t", 1, 9))  # a partition not owned
+    assert buffer.accepts(Position("t", 0, 5))
+    buffer.add_finished(Position("t", 0, 5), 0.0)
+    assert not buffer.accepts(Position("t", 0, 5))  # the same message fetched again
