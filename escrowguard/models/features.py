@@ -14,7 +14,7 @@ their own history, and missing history is the neutral value.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from typing import Final
 
@@ -249,11 +249,12 @@ def vote_state_features(
         hhi = 1.0 / n if n else 0.0
         top3 = 1.0 if n else 0.0
         approval_w = sum(v.approve for v in ballots) / n if n else 0.0
-    share, largest, agreement = _shared_wallet_stats(ballots, project_pledges)
-    late = _late_weight_share(ballots, project_pledges, project, windows.late_pledge_s)
+    index = index_pledges(project_pledges)
+    share, largest, agreement = _shared_wallet_stats(ballots, index)
+    late = _late_weight_share(ballots, index, project, windows.late_pledge_s)
     span = milestone.closes_us - milestone.opens_us
     window = (t_us - milestone.opens_us) / span if span > 0 else 1.0
-    funded = sum(p.amount_cents for p in project_pledges)
+    funded = index.total_cents
     goal = project.goal_cents if project else 0
     prior_low = sum(1 for r in resolutions if r.approval_rate < windows.approval_target)
     prior_mean = (
@@ -282,9 +283,55 @@ def vote_state_features(
     ]
 
 
+class PledgeIndex(msgspec.Struct, frozen=True, gc=False):
+    """What vote features need from a project's pledges, computed once per pledge set."""
+
+    total_cents: int
+    first_pledge_us: dict[str, int]  # backer -> time of their first pledge to the project
+    shared_wallets: tuple[tuple[str, frozenset[str]], ...]  # wallets funding >= 2 backers
+
+
+_INDEX_CACHE: OrderedDict[tuple[str, int, str], PledgeIndex] = OrderedDict()
+_INDEX_CACHE_SIZE: Final = 4096
+
+
+def index_pledges(pledges: Sequence[PledgeRecord]) -> PledgeIndex:
+    """Index a project's pledges (memoised: every vote of a milestone sees the same set).
+
+    The cache key (project, count, last event id) names one as-of slice of one project's
+    pledge log exactly: logs are sorted by (time, event id) and reads are prefixes (or the
+    newest-N window of a prefix), so equal keys mean equal lists.
+    """
+    if not pledges:
+        return PledgeIndex(0, {}, ())
+    key = (pledges[0].project_id, len(pledges), pledges[-1].event_id)
+    cached = _INDEX_CACHE.get(key)
+    if cached is not None:
+        _INDEX_CACHE.move_to_end(key)
+        return cached
+    first: dict[str, int] = {}
+    backers_by_wallet: dict[str, set[str]] = defaultdict(set)
+    total = 0
+    for p in pledges:
+        total += p.amount_cents
+        if p.backer_id not in first or p.t_us < first[p.backer_id]:
+            first[p.backer_id] = p.t_us
+        backers_by_wallet[p.source_wallet].add(p.backer_id)
+    shared = tuple(
+        (wallet, frozenset(backers))
+        for wallet, backers in sorted(backers_by_wallet.items())
+        if len(backers) >= 2
+    )
+    index = PledgeIndex(total, first, shared)
+    _INDEX_CACHE[key] = index
+    if len(_INDEX_CACHE) > _INDEX_CACHE_SIZE:
+        _INDEX_CACHE.popitem(last=False)
+    return index
+
+
 def _late_weight_share(
     ballots: Sequence[VoteRecord],
-    project_pledges: Sequence[PledgeRecord],
+    index: PledgeIndex,
     project: ProjectRef | None,
     late_s: int,
 ) -> float:
@@ -293,31 +340,23 @@ def _late_weight_share(
     total = sum(v.weight for v in ballots)
     if project is None or total <= 0:
         return 0.0
-    first: dict[str, int] = {}
-    for p in project_pledges:
-        first[p.backer_id] = min(first.get(p.backer_id, p.t_us), p.t_us)
     cutoff = project.deadline_us - late_s * US
+    first = index.first_pledge_us
     late = sum(v.weight for v in ballots if first.get(v.backer_id, 0) >= cutoff)
     return late / total
 
 
 def _shared_wallet_stats(
-    ballots: Sequence[VoteRecord], project_pledges: Sequence[PledgeRecord]
+    ballots: Sequence[VoteRecord], index: PledgeIndex
 ) -> tuple[float, int, float]:
     """Share of voters funded from a wallet that funded several of the project's backers;
     the size of the largest such group of voters; and how alike that group voted."""
-    backers_by_wallet: dict[str, set[str]] = defaultdict(set)
-    for p in project_pledges:
-        backers_by_wallet[p.source_wallet].add(p.backer_id)
     voters = {v.backer_id: v.approve for v in ballots}
     if not voters:
         return 0.0, 0, 0.0
     shared_voters: set[str] = set()
     largest: list[str] = []
-    for wallet in sorted(backers_by_wallet):
-        funded = backers_by_wallet[wallet]
-        if len(funded) < 2:
-            continue
+    for _, funded in index.shared_wallets:
         group = sorted(b for b in funded if b in voters)
         shared_voters.update(group)
         if len(group) > len(largest):

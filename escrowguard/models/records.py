@@ -18,7 +18,8 @@ from typing import Final
 
 import msgspec
 
-SEP: Final = "\x1f"
+SEP: Final = "\x1f"  # between the fields of a record (ASCII unit separator)
+RS: Final = "\x1e"  # between the records of a log read (ASCII record separator)
 
 
 class BackerRef(msgspec.Struct, frozen=True, gc=False):
@@ -105,10 +106,13 @@ def encode_pledge(r: PledgeRecord) -> str:
     )
 
 
-def decode_pledge(t_us: int, member: str) -> PledgeRecord:
-    """Inverse of ``encode_pledge``."""
-    eid, backer, project, cents, wallet, power = member.split(SEP)
-    return PledgeRecord(t_us, eid, backer, project, int(cents), wallet, float(power))
+def parse_pledges(log: str) -> list[PledgeRecord]:
+    """Pledge records from a log text: entries ``score<US>member`` joined by ``<RS>``."""
+    out = []
+    for entry in log.split(RS) if log else ():
+        t, eid, backer, project, cents, wallet, power = entry.split(SEP)
+        out.append(PledgeRecord(int(t), eid, backer, project, int(cents), wallet, float(power)))
+    return out
 
 
 def encode_vote(r: VoteRecord) -> str:
@@ -116,10 +120,13 @@ def encode_vote(r: VoteRecord) -> str:
     return SEP.join((r.event_id, r.backer_id, "1" if r.approve else "0", repr(r.weight)))
 
 
-def decode_vote(t_us: int, member: str) -> VoteRecord:
-    """Inverse of ``encode_vote``."""
-    eid, backer, approve, weight = member.split(SEP)
-    return VoteRecord(t_us, eid, backer, approve == "1", float(weight))
+def parse_votes(log: str) -> list[VoteRecord]:
+    """Vote records from a log text (see ``parse_pledges``)."""
+    out = []
+    for entry in log.split(RS) if log else ():
+        t, eid, backer, approve, weight = entry.split(SEP)
+        out.append(VoteRecord(int(t), eid, backer, approve == "1", float(weight)))
+    return out
 
 
 def encode_resolution(r: ResolutionRecord) -> str:
@@ -127,10 +134,13 @@ def encode_resolution(r: ResolutionRecord) -> str:
     return SEP.join((r.event_id, r.milestone_id, repr(r.approval_rate), "1" if r.approved else "0"))
 
 
-def decode_resolution(t_us: int, member: str) -> ResolutionRecord:
-    """Inverse of ``encode_resolution``."""
-    eid, milestone, rate, approved = member.split(SEP)
-    return ResolutionRecord(t_us, eid, milestone, float(rate), approved == "1")
+def parse_resolutions(log: str) -> list[ResolutionRecord]:
+    """Resolution records from a log text (see ``parse_pledges``)."""
+    out = []
+    for entry in log.split(RS) if log else ():
+        t, eid, milestone, rate, approved = entry.split(SEP)
+        out.append(ResolutionRecord(int(t), eid, milestone, float(rate), approved == "1"))
+    return out
 
 
 def encode_milestone(r: MilestoneRef) -> str:
@@ -148,10 +158,23 @@ def encode_milestone(r: MilestoneRef) -> str:
     )
 
 
-def decode_milestone(t_us: int, member: str) -> MilestoneRef:
-    """Inverse of ``encode_milestone``."""
-    eid, mid, pid, index, cents, opens, closes = member.split(SEP)
-    return MilestoneRef(t_us, eid, mid, pid, int(index), int(cents), int(opens), int(closes))
+def parse_milestones(log: str) -> list[MilestoneRef]:
+    """Milestone references from a log text (see ``parse_pledges``)."""
+    return [_milestone(entry.split(SEP)) for entry in log.split(RS)] if log else []
+
+
+def _milestone(fields: list[str]) -> MilestoneRef:
+    t, eid, mid, pid, index, cents, opens, closes = fields
+    return MilestoneRef(int(t), eid, mid, pid, int(index), int(cents), int(opens), int(closes))
+
+
+def parse_wallet_creators(log: str) -> dict[str, int]:
+    """creator_id -> first use, from the log text of a wallet's creators."""
+    out = {}
+    for entry in log.split(RS) if log else ():
+        t, creator = entry.split(SEP)
+        out[creator] = int(t)
+    return out
 
 
 def encode_project(r: ProjectRef) -> str:
@@ -194,5 +217,4 @@ def encode_milestone_ref(r: MilestoneRef) -> str:
 
 def decode_milestone_ref(text: str) -> MilestoneRef:
     """Inverse of ``encode_milestone_ref``."""
-    t, rest = text.split(SEP, 1)
-    return decode_milestone(int(t), rest)
+    return _milestone(text.split(SEP))

@@ -85,16 +85,14 @@ class MemoryStore:
         return BatchReads(frontier, self.processed_max, events, bandit)
 
     def _cap(self, ctx: object) -> object:
-        """Keep the newest ``max_members`` of each log, as the Redis read does."""
+        """Keep the newest ``max_members`` of each windowed log, as the Redis read does
+        (a project's pledges and a milestone's votes are read in full, as prefixes)."""
         n = self.max_members
         if isinstance(ctx, PledgeContext):
             ctx.backer_pledges = ctx.backer_pledges[-n:]
-            ctx.project_pledges = ctx.project_pledges[-n:]
             ctx.wallet_pledges = ctx.wallet_pledges[-n:]
             ctx.milestones = ctx.milestones[-n:]
         elif isinstance(ctx, VoteContext | ResolutionContext):
-            ctx.project_pledges = ctx.project_pledges[-n:]
-            ctx.votes = ctx.votes[-n:]
             ctx.resolutions = ctx.resolutions[-n:]
             if isinstance(ctx, ResolutionContext):
                 ctx.milestones = ctx.milestones[-n:]

@@ -20,8 +20,8 @@ comes in as arguments; nothing here reads a clock.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Iterable, Sequence
-from typing import Final, NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
@@ -61,20 +61,67 @@ class Pending(msgspec.Struct, gc=False):
         return (self.t_us, self.event.event_id)
 
 
+class _LazyMin:
+    """A min-heap of ``(key, token)`` with removal by token (lazy: removed entries are
+    dropped when they reach the top), so every operation is O(log n) amortised."""
+
+    __slots__ = ("_gone", "_heap")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[Any, int]] = []
+        self._gone: dict[int, int] = {}
+
+    def push(self, key: Any, token: int) -> None:
+        heapq.heappush(self._heap, (key, token))
+
+    def discard(self, token: int) -> None:
+        self._gone[token] = self._gone.get(token, 0) + 1
+
+    def min(self) -> Any:
+        """The smallest live key, or None."""
+        heap, gone = self._heap, self._gone
+        while heap:
+            key, token = heap[0]
+            count = gone.get(token)
+            if not count:
+                return key
+            heapq.heappop(heap)
+            if count == 1:
+                del gone[token]
+            else:
+                gone[token] = count - 1
+        return None
+
+
 class _Partition:
-    __slots__ = ("done", "highwater", "last_data_s", "max_t_us", "next_offset", "open")
+    __slots__ = (
+        "highwater",
+        "last_data_s",
+        "max_t_us",
+        "next_offset",
+        "unfinished",
+        "waiting",
+        "waiting_offsets",
+    )
 
     def __init__(self, now_s: float, start_offset: int) -> None:
         self.max_t_us = NEVER
         self.next_offset = start_offset
         self.highwater: int | None = None
         self.last_data_s = now_s
-        self.open: dict[int, int] = {}  # offset -> event time, of buffered (unfinished) messages
-        self.done = 0
+        self.waiting = _LazyMin()  # (event time, offset) of events not decided yet
+        self.waiting_offsets = _LazyMin()  # the same events, by offset
+        self.unfinished = _LazyMin()  # offsets of messages whose outputs are not sent yet
 
 
 class ReorderBuffer:
-    """Buffers decoded events of the partitions this worker owns; bounded."""
+    """Buffers decoded events of the partitions this worker owns; bounded.
+
+    Every per-batch operation costs O(batch x log buffer), never O(buffer): the order heap
+    hands out candidates by popping them (``take_candidates``) and takes back the ones that
+    were not decided (``requeue``); per-partition lazy heaps answer "oldest waiting event"
+    and "first unfinished offset" for frontiers, store positions and commits.
+    """
 
     def __init__(self, max_events: int, idle_s: float) -> None:
         self.max_events = max_events
@@ -94,9 +141,9 @@ class ReorderBuffer:
 
     def revoke(self, tps: Iterable[TopicPartition]) -> None:
         """Forget partitions (and their buffered events: the new owner re-reads them)."""
-        gone = set(tps)
+        gone = {tp for tp in tps if tp in self._parts}
         for tp in gone:
-            self._parts.pop(tp, None)
+            del self._parts[tp]
         if gone:
             self._heap = [item for item in self._heap if item[3].pos[:2] not in gone]
             heapq.heapify(self._heap)
@@ -129,9 +176,12 @@ class ReorderBuffer:
     def add(self, pending: Pending) -> None:
         """Buffer a decoded event."""
         part = self._parts[pending.pos[:2]]
-        self._seen(part, pending.pos.offset, pending.received_s)
+        offset = pending.pos.offset
+        self._seen(part, offset, pending.received_s)
         part.max_t_us = max(part.max_t_us, pending.t_us)
-        part.open[pending.pos.offset] = pending.t_us
+        part.waiting.push((pending.t_us, offset), offset)
+        part.waiting_offsets.push(offset, offset)
+        part.unfinished.push(offset, offset)
         self._seq += 1
         heapq.heappush(self._heap, (pending.t_us, pending.event.event_id, self._seq, pending))
 
@@ -140,7 +190,7 @@ class ReorderBuffer:
         whose offset may only be committed once its output is sent: call ``finish`` then."""
         part = self._parts[pos[:2]]
         self._seen(part, pos.offset, now_s)
-        part.open[pos.offset] = UNBOUNDED
+        part.unfinished.push(pos.offset, pos.offset)
 
     @staticmethod
     def _seen(part: _Partition, offset: int, now_s: float) -> None:
@@ -165,70 +215,73 @@ class ReorderBuffer:
         caught_up = part.highwater is not None and part.next_offset >= part.highwater
         return caught_up and now_s - part.last_data_s >= self.idle_s
 
-    def candidates(self, limit: int, bound: int) -> list[Pending]:
-        """Up to ``limit`` buffered events in processing order with time <= ``bound``."""
-        out = []
-        for t_us, _, _, pending in heapq.nsmallest(limit, self._heap):
-            if t_us > bound:
-                break
-            out.append(pending)
+    def take_candidates(self, limit: int, bound: int) -> list[Pending]:
+        """Pop up to ``limit`` events in processing order with time <= ``bound``. Give the
+        undecided ones back with ``requeue``."""
+        out: list[Pending] = []
+        heap = self._heap
+        while heap and len(out) < limit and heap[0][0] <= bound:
+            out.append(heapq.heappop(heap)[3])
         return out
 
-    def take(self, processed: Sequence[Pending]) -> None:
-        """Remove processed events from the order heap (they stay open until finished)."""
-        if not processed:
-            return
-        ids = {id(p) for p in processed}
-        if len(ids) == len(self._heap):
-            self._heap = []
-        else:
-            self._heap = [item for item in self._heap if id(item[3]) not in ids]
-            heapq.heapify(self._heap)
+    def requeue(self, pendings: Iterable[Pending]) -> None:
+        """Put events back in the order heap (not decided this time)."""
+        for p in pendings:
+            if p.pos[:2] in self._parts:
+                self._seq += 1
+                heapq.heappush(self._heap, (p.t_us, p.event.event_id, self._seq, p))
+
+    def mark_decided(self, pendings: Sequence[Pending]) -> None:
+        """These events' effects are about to be stored: they no longer hold the frontier
+        or the store position back (undo with ``unmark_decided`` if storing fails)."""
+        for p in pendings:
+            part = self._parts.get(p.pos[:2])
+            if part is not None:
+                part.waiting.discard(p.pos.offset)
+                part.waiting_offsets.discard(p.pos.offset)
+
+    def unmark_decided(self, pendings: Sequence[Pending]) -> None:
+        """Undo ``mark_decided``."""
+        for p in pendings:
+            part = self._parts.get(p.pos[:2])
+            if part is not None:
+                part.waiting.push((p.t_us, p.pos.offset), p.pos.offset)
+                part.waiting_offsets.push(p.pos.offset, p.pos.offset)
 
     def finish(self, positions: Iterable[Position]) -> None:
         """Outputs for these messages are sent: their offsets may be committed."""
         for pos in positions:
             part = self._parts.get(pos[:2])
-            if part is not None and part.open.pop(pos.offset, None) is not None:
-                part.done += 1
+            if part is not None:
+                part.unfinished.discard(pos.offset)
 
     # --- what to publish and commit ---
 
-    def frontiers(self, now_s: float, excluding: Collection[int] = ()) -> dict[TopicPartition, int]:
-        """Per owned partition: every event on it earlier than this has been applied, once
-        the events whose ``id()`` is in ``excluding`` (being decided now) are."""
-        firsts: dict[TopicPartition, int] = {}
-        for t_us, _, _, pending in self._heap:
-            if id(pending) in excluding:
-                continue
-            tp = pending.pos[:2]
-            if t_us < firsts.get(tp, UNBOUNDED):
-                firsts[tp] = t_us
+    def frontiers(self, now_s: float) -> dict[TopicPartition, int]:
+        """Per owned partition: every event on it earlier than this has been applied."""
         out = {}
         for tp, part in self._parts.items():
             seen = UNBOUNDED if self._idle(part, now_s) else part.max_t_us
-            out[tp] = min(firsts.get(tp, UNBOUNDED), seen)
+            first = part.waiting.min()
+            out[tp] = min(first[0] if first is not None else UNBOUNDED, seen)
         return out
 
-    def applied_offsets(self, excluding: Collection[int] = ()) -> dict[TopicPartition, int]:
+    def applied_offsets(self) -> dict[TopicPartition, int]:
         """Per owned partition, the first offset whose effects may not be stored yet (the
         oldest event still waiting in the buffer): where to resume if the store lost data."""
-        firsts: dict[TopicPartition, int] = {}
-        for _, _, _, pending in self._heap:
-            if id(pending) in excluding:
-                continue
-            tp = pending.pos[:2]
-            off = pending.pos.offset
-            if off < firsts.get(tp, UNBOUNDED):
-                firsts[tp] = off
-        return {tp: firsts.get(tp, part.next_offset) for tp, part in self._parts.items()}
+        out = {}
+        for tp, part in self._parts.items():
+            first = part.waiting_offsets.min()
+            out[tp] = part.next_offset if first is None else first
+        return out
 
     def commit_offsets(self) -> dict[TopicPartition, int]:
         """Per owned partition, the offset to commit: the first message not finished."""
-        return {
-            tp: min(part.open) if part.open else part.next_offset
-            for tp, part in self._parts.items()
-        }
+        out = {}
+        for tp, part in self._parts.items():
+            first = part.unfinished.min()
+            out[tp] = part.next_offset if first is None else first
+        return out
 
     def over_capacity(self) -> bool:
         """Whether to stop fetching from partitions that are ahead in event time."""

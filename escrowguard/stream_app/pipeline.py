@@ -9,6 +9,7 @@ decided, and the whole pipeline runs in unit tests against ``MemoryStore``.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -235,8 +236,9 @@ class BatchProcessor:
         resolution_jobs: list[tuple[Pending, MilestoneResolved, ResolutionContext, bool]] = []
 
         outcomes_from_us: int | None = None  # earliest milestone outcome decided in-batch
+        batch_outcomes: list[tuple[int, MilestoneRef, bool]] = []
         in_batch: set[str] = set()
-        for index, (pending, read) in enumerate(zip(eligible, reads.events, strict=True)):
+        for pending, read in zip(eligible, reads.events, strict=True):
             event = pending.event
             position = pending.pos.text()
             redelivery = False
@@ -285,20 +287,15 @@ class BatchProcessor:
                         checkpoint_jobs.append(job)
                 elif isinstance(event, VoteCast):
                     assert isinstance(ctx, VoteContext) and ctx.milestone is not None
-                    if (
-                        outcomes_from_us is not None
-                        and outcomes_from_us < bandit_day(ctx.milestone) * DAY_US
-                    ):
-                        # its release arm needs a posterior that outcomes decided in this
-                        # very batch belong to: decide up to here, this vote next batch
-                        out.processed = eligible = eligible[:index]
-                        break
                     vote_jobs.append(self._vote_job(pending, event, ctx, redelivery))
                 elif isinstance(event, MilestoneResolved):
                     assert isinstance(ctx, ResolutionContext)
                     resolution_jobs.append((pending, event, ctx, redelivery))
                     if not redelivery:
                         outcomes_from_us = min(outcomes_from_us or pending.t_us, pending.t_us)
+                        if ctx.votes and ctx.milestone is not None:
+                            # an outcome the bandit learns from (the milestone had an arm)
+                            batch_outcomes.append((pending.t_us, ctx.milestone, event.approved))
             except Exception as exc:  # one poison event must not stop the others
                 dead.append(_processing_error(pending, exc))
                 if not redelivery:
@@ -316,12 +313,13 @@ class BatchProcessor:
         out.outcomes_from_us = outcomes_from_us
         version = self.models.version
         emitted = now
+        arms = _Arms(self, reads, batch_outcomes)
         stages: list[tuple[list[Any], Callable[[list[Any], list[AnyOutput]], None]]] = [
             (pledge_jobs, lambda jobs, o: self._score_pledges(jobs, o, version, emitted)),
             (checkpoint_jobs, lambda jobs, o: self._score_checkpoints(jobs, o, version, emitted)),
             (
                 vote_jobs,
-                lambda jobs, o: self._score_votes(jobs, reads, writes, o, version, emitted),
+                lambda jobs, o: self._score_votes(jobs, arms, writes, o, version, emitted),
             ),
             (resolution_jobs, lambda jobs, o: self._score_resolutions(jobs, o, version, emitted)),
         ]
@@ -515,8 +513,8 @@ class BatchProcessor:
                 ctx.votes,
                 ctx.milestone,
                 ctx.project,
-                [p for p in ctx.project_pledges if p.t_us < last.t_us],
-                [r for r in ctx.resolutions if r.t_us < last.t_us],
+                _before(ctx.project_pledges, last.t_us),
+                _before(ctx.resolutions, last.t_us),
                 self.windows,
             )
         return _VoteJob(pending, event, ctx.milestone, after, before, redelivery)
@@ -524,7 +522,7 @@ class BatchProcessor:
     def _score_votes(
         self,
         jobs: list[_VoteJob],
-        reads: BatchReads,
+        arms: _Arms,
         writes: Writes,
         outputs: list[AnyOutput],
         version: str,
@@ -604,7 +602,7 @@ class BatchProcessor:
                 )
             route_now = route(risk, th)
             if prior is None or route(prior, th) != route_now:
-                arm = self._release_arm(job.milestone, reads)
+                arm = arms.arm(job.milestone)
                 writes.arms[ev.milestone_id] = arm
                 outputs.append(
                     MilestoneDecision(
@@ -623,21 +621,6 @@ class BatchProcessor:
         if self.monitor is not None:
             fresh = [i for i, j in enumerate(jobs) if not j.redelivery]
             self.monitor.observe_votes([jobs[i] for i in fresh], after_risk[fresh])
-
-    def _release_arm(self, milestone: MilestoneRef, reads: BatchReads) -> str:
-        """Thompson sampling from the posterior as of the day before voting opened, seeded
-        by the milestone: every decision for a milestone names the same arm."""
-        day = bandit_day(milestone)
-        if day not in reads.bandit:
-            raise MissingBanditDays({day})
-        counts = reads.bandit[day]
-        state: BanditState = from_counts(
-            self.bandit.prior_alpha,
-            self.bandit.prior_beta,
-            {arm: counts.get(arm, (0, 0))[0] for arm in self.bandit.arms},
-            {arm: counts.get(arm, (0, 0))[1] for arm in self.bandit.arms},
-        )
-        return choose_arm(state, seed_key=milestone.milestone_id)
 
     # --- resolutions ---
 
@@ -702,8 +685,8 @@ class BatchProcessor:
                         ctx.votes,
                         ctx.milestone,
                         ctx.project,
-                        [p for p in ctx.project_pledges if p.t_us < last.t_us],
-                        [r for r in ctx.resolutions if r.t_us < last.t_us],
+                        _before(ctx.project_pledges, last.t_us),
+                        _before(ctx.resolutions, last.t_us),
                         self.windows,
                     )
                 )
@@ -711,6 +694,13 @@ class BatchProcessor:
         if self.monitor is not None and eval_rows:
             probs = self.models.risk(np.asarray(eval_rows, dtype=np.float64))
             self.monitor.observe_outcomes(eval_labels, probs)
+
+
+def _before(records: Sequence[Any], t_us: int) -> Sequence[Any]:
+    """The prefix of a time-sorted log strictly before ``t_us`` (no copy when it is all)."""
+    if not records or records[-1].t_us < t_us:
+        return records
+    return records[: bisect.bisect_left(records, t_us, key=lambda r: r.t_us)]
 
 
 def _pending_of(job: Any) -> Pending:
@@ -730,11 +720,15 @@ def _isolated(
     produced: list[AnyOutput] = []
     try:
         stage(jobs, produced)
+    except MissingBanditDays:
+        raise  # a request for more data, not a failure
     except Exception:
         for job in jobs:
             one: list[AnyOutput] = []
             try:
                 stage([job], one)
+            except MissingBanditDays:
+                raise
             except Exception as exc:
                 dead.append(_processing_error(_pending_of(job), exc))
                 continue
@@ -750,6 +744,53 @@ def _processing_error(pending: Pending, exc: Exception) -> DeadLetterNote:
         pending.event.event_type,
     )
     return DeadLetterNote(pending, Reason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"[:300])
+
+
+class _Arms:
+    """Release arms for one batch: Thompson sampling from the posterior as of the day before
+    the milestone's voting opened, seeded by the milestone id, so every decision for a
+    milestone names the same arm in every run.
+
+    The posterior is the stored outcome counts plus outcomes decided earlier in this very
+    batch (not stored yet), each counted under its own milestone's arm, worked out the
+    same way (recursively: earlier days only).
+    """
+
+    def __init__(
+        self,
+        processor: BatchProcessor,
+        reads: BatchReads,
+        outcomes: Sequence[tuple[int, MilestoneRef, bool]],
+    ) -> None:
+        self.settings = processor.bandit
+        self.reads = reads
+        self.outcomes = outcomes
+        self.memo: dict[str, str] = {}
+
+    def arm(self, milestone: MilestoneRef) -> str:
+        """The milestone's release arm."""
+        known = self.memo.get(milestone.milestone_id)
+        if known is not None:
+            return known
+        day = bandit_day(milestone)
+        stored = self.reads.bandit.get(day)
+        if stored is None:
+            raise MissingBanditDays({day})
+        counts = {arm: list(stored.get(arm, (0, 0))) for arm in self.settings.arms}
+        lo, hi = (day - self.settings.window_days) * DAY_US, day * DAY_US
+        for t_us, other, approved in self.outcomes:
+            if lo <= t_us < hi:
+                tally = counts.setdefault(self.arm(other), [0, 0])
+                tally[0 if approved else 1] += 1
+        state: BanditState = from_counts(
+            self.settings.prior_alpha,
+            self.settings.prior_beta,
+            {arm: counts[arm][0] for arm in self.settings.arms},
+            {arm: counts[arm][1] for arm in self.settings.arms},
+        )
+        choice = choose_arm(state, seed_key=milestone.milestone_id)
+        self.memo[milestone.milestone_id] = choice
+        return choice
 
 
 def bandit_day(milestone: MilestoneRef) -> int:

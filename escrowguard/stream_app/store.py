@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Final
@@ -41,12 +42,8 @@ from escrowguard.models.features import (
 )
 from escrowguard.models.records import (
     decode_backer,
-    decode_milestone,
     decode_milestone_ref,
-    decode_pledge,
     decode_project,
-    decode_resolution,
-    decode_vote,
     encode_backer,
     encode_milestone,
     encode_milestone_ref,
@@ -54,6 +51,11 @@ from escrowguard.models.records import (
     encode_project,
     encode_resolution,
     encode_vote,
+    parse_milestones,
+    parse_pledges,
+    parse_resolutions,
+    parse_votes,
+    parse_wallet_creators,
 )
 from escrowguard.settings import Settings
 from escrowguard.stream_app.ordering import Pending
@@ -96,7 +98,42 @@ class DedupeScheme(msgspec.Struct, frozen=True):
         return t_us // self.generation_us
 
 
-def _candidate(p: Pending, dedupe: DedupeScheme) -> list[Any]:
+class PrefixCache:
+    """As-of prefixes of the two long logs (a project's pledges, a milestone's votes).
+
+    Once read as of an event inside the frontier, the first ``n`` entries of a log never
+    change (nothing earlier can be applied any more: docs/ordering.md), so the worker keeps
+    them and asks Redis only for entries past what it holds. Bounded: least recently used
+    logs are dropped (and fetched in full next time).
+    """
+
+    def __init__(self, max_logs: int = 50_000) -> None:
+        self.max_logs = max_logs
+        self._logs: OrderedDict[str, list[Any]] = OrderedDict()
+
+    def have(self, key: str) -> int:
+        """How many entries of the log are held."""
+        log = self._logs.get(key)
+        return 0 if log is None else len(log)
+
+    def extend(self, key: str, start: int, tail: list[Any]) -> list[Any]:
+        """Held entries up to ``start`` plus ``tail``; returns the log."""
+        log = self._logs.get(key, [])
+        if tail:
+            log = log[:start] + tail
+            self._logs[key] = log
+        if key in self._logs:
+            self._logs.move_to_end(key)
+            if len(self._logs) > self.max_logs:
+                self._logs.popitem(last=False)
+        return log
+
+    def clear(self) -> None:
+        """Forget everything (e.g. the store restarted and may have lost data)."""
+        self._logs.clear()
+
+
+def _candidate(p: Pending, dedupe: DedupeScheme, cache: PrefixCache) -> list[Any]:
     ev = p.event
     head = [
         _KIND[type(ev)],
@@ -106,55 +143,55 @@ def _candidate(p: Pending, dedupe: DedupeScheme) -> list[Any]:
         dedupe.generation(p.t_us),
     ]
     if isinstance(ev, PledgeCreated):
-        return [*head, ev.backer_id, ev.project_id, ev.source_wallet]
+        have_pp = cache.have(f"pp:{ev.project_id}")
+        return [*head, ev.backer_id, ev.project_id, ev.source_wallet, have_pp, 0]
     if isinstance(ev, BackerRegistered):
-        return [*head, ev.backer_id, "", ""]
+        return [*head, ev.backer_id, "", "", 0, 0]
     if isinstance(ev, ProjectCreated):
-        return [*head, ev.project_id, "", ""]
-    return [*head, ev.project_id, ev.milestone_id, ""]  # milestone / vote / resolution
+        return [*head, ev.project_id, "", "", 0, 0]
+    # milestone created / vote / resolution
+    have_pp = cache.have(f"pp:{ev.project_id}")
+    have_mv = cache.have(f"mv:{ev.milestone_id}")
+    return [*head, ev.project_id, ev.milestone_id, "", have_pp, have_mv]
 
 
-def _pairs(flat: Sequence[Any]) -> Iterable[tuple[int, str]]:
-    for i in range(0, len(flat), 2):
-        yield int(flat[i + 1]), flat[i]
+def _prefix(cache: PrefixCache, key: str, answer: Sequence[Any], parse: Any) -> list[Any]:
+    """The as-of log from a Lua prefix answer {count, first index sent, entries}."""
+    n, start, tail = int(answer[0]), int(answer[1]), _text(answer[2])
+    return cache.extend(key, start, parse(tail))[:n]
 
 
-def decode_context(event: Any, row: Sequence[Any]) -> object:
+def decode_context(event: Any, row: Sequence[Any], cache: PrefixCache) -> object:
     """Turn one Lua result row into the context type ``checks``/``features`` expect."""
+    text: list[Any] = [_text(x) if not isinstance(x, list) else x for x in row]
     if isinstance(event, PledgeCreated):
         return PledgeContext(
-            backer=decode_backer(row[1]) if row[1] else None,
-            backer_pledges=[decode_pledge(t, m) for t, m in _pairs(row[2])],
-            project=decode_project(row[3]) if row[3] else None,
-            project_pledges=[decode_pledge(t, m) for t, m in _pairs(row[4])],
-            wallet_creators={m: t for t, m in _pairs(row[5])},
-            wallet_pledges=[decode_pledge(t, m) for t, m in _pairs(row[6])],
-            milestones=[decode_milestone(t, m) for t, m in _pairs(row[7])],
+            backer=decode_backer(text[1]) if text[1] else None,
+            backer_pledges=parse_pledges(text[2]),
+            project=decode_project(text[3]) if text[3] else None,
+            project_pledges=_prefix(cache, f"pp:{event.project_id}", text[4], parse_pledges),
+            wallet_creators=parse_wallet_creators(text[5]),
+            wallet_pledges=parse_pledges(text[6]),
+            milestones=parse_milestones(text[7]),
         )
-    if isinstance(event, VoteCast):
-        return VoteContext(
-            milestone=decode_milestone_ref(row[1]) if row[1] else None,
-            project=decode_project(row[2]) if row[2] else None,
-            project_pledges=[decode_pledge(t, m) for t, m in _pairs(row[3])],
-            votes=[decode_vote(t, m) for t, m in _pairs(row[4])],
-            resolutions=[decode_resolution(t, m) for t, m in _pairs(row[5])],
-        )
-    if isinstance(event, MilestoneResolved):
-        return ResolutionContext(
-            milestone=decode_milestone_ref(row[1]) if row[1] else None,
-            project=decode_project(row[2]) if row[2] else None,
-            project_pledges=[decode_pledge(t, m) for t, m in _pairs(row[3])],
-            votes=[decode_vote(t, m) for t, m in _pairs(row[4])],
-            resolutions=[decode_resolution(t, m) for t, m in _pairs(row[5])],
-            milestones=[decode_milestone(t, m) for t, m in _pairs(row[6])],
-        )
+    if isinstance(event, VoteCast | MilestoneResolved):
+        common: dict[str, Any] = {
+            "milestone": decode_milestone_ref(text[1]) if text[1] else None,
+            "project": decode_project(text[2]) if text[2] else None,
+            "project_pledges": _prefix(cache, f"pp:{event.project_id}", text[3], parse_pledges),
+            "votes": _prefix(cache, f"mv:{event.milestone_id}", text[4], parse_votes),
+            "resolutions": parse_resolutions(text[5]),
+        }
+        if isinstance(event, VoteCast):
+            return VoteContext(**common)
+        return ResolutionContext(**common, milestones=parse_milestones(text[6]))
     if isinstance(event, BackerRegistered):
-        return decode_backer(row[1]) if row[1] else None
+        return decode_backer(text[1]) if text[1] else None
     if isinstance(event, ProjectCreated):
-        return decode_project(row[1]) if row[1] else None
+        return decode_project(text[1]) if text[1] else None
     return (
-        decode_project(row[1]) if row[1] else None,
-        decode_milestone_ref(row[2]) if row[2] else None,
+        decode_project(text[1]) if text[1] else None,
+        decode_milestone_ref(text[2]) if text[2] else None,
     )
 
 
@@ -183,6 +220,7 @@ class RedisStore:
         self.windows = windows
         self.settings = settings
         self.dedupe = DedupeScheme(settings.worker.dedupe_ttl_s * 1_000_000 // 3)
+        self.cache = PrefixCache()
         self.client = aioredis.from_url(
             r.url,
             username=r.username or None,
@@ -253,6 +291,8 @@ class RedisStore:
     ) -> BatchReads:
         """One Lua call: the frontier, and the as-of context of every eligible candidate
         (with ``gate=False``, of every candidate: on-demand scoring does not wait)."""
+        # an ungated read (on-demand scoring) may see past the frontier: never cache it
+        cache = self.cache if gate else PrefixCache()
         payload = _ENCODE.encode(
             [
                 self.prefix,
@@ -263,7 +303,7 @@ class RedisStore:
                 self.settings.bandit.window_days,
                 DAY_US,
                 list(cached_days),
-                [_candidate(p, self.dedupe) for p in candidates],
+                [_candidate(p, self.dedupe, cache) for p in candidates],
                 self.settings.features.max_members_per_read,
                 gate,
                 list(days),
@@ -273,8 +313,8 @@ class RedisStore:
         frontier, pmax, rows, bandit_rows = _DECODE.decode(raw)
         events = []
         for pending, row in zip(candidates, rows, strict=False):
-            seen = row[0].decode() if isinstance(row[0], bytes) else (row[0] or None)
-            ctx = decode_context(pending.event, [_text(x) for x in row])
+            seen = _text(row[0]) or None
+            ctx = decode_context(pending.event, row, cache)
             events.append(EventRead(seen, _as_of_project(ctx, pending.event)))
         bandit: dict[int, dict[str, tuple[int, int]]] = {}
         for flat in bandit_rows:

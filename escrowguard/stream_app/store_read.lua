@@ -4,7 +4,9 @@
 --   1 key prefix            2 own partitions ("topic:partition")   3 own bound (us)
 --   4 backer history window (us)  5 wallet window (us)
 --   6 bandit window (days)  7 day length (us)  8 bandit days already cached by the caller
---   9 candidates: {type, t_us, event_id, shard, gen, a, b, c} in processing order
+--   9 candidates: {type, t_us, event_id, shard, gen, a, b, c, have_pp, have_mv} in
+--     processing order; have_* = how much of the project's pledge log / the milestone's
+--     vote log the caller already holds (as-of prefixes are final once read)
 --     type 1 backer_registered(a=backer) 2 project_created(a=project)
 --          3 milestone_created(a=project, b=milestone) 4 pledge(a=backer, b=project, c=wallet)
 --          5 vote(a=project, b=milestone) 6 milestone_resolved(a=project, b=milestone)
@@ -12,7 +14,9 @@
 --  11 gate: false reads every candidate regardless of the frontier (on-demand scoring)
 --  12 bandit days to read in any case
 -- Returns msgpack {F, processed_max, events, bandit}: only candidates with t <= F are read
--- (the global event-time frontier, docs/ordering.md), each as {seen, data...}.
+-- (the global event-time frontier, docs/ordering.md), each as {seen, data...}. A log comes
+-- back as ONE string, entries "score\31member" joined by "\30" (cheap to split in Python);
+-- a prefix log as {count as of t, first index sent, entries from there}.
 local req = cmsgpack.unpack(ARGV[1])
 local P, own_list, own_bound = req[1], req[2], req[3]
 local hist_us, wallet_us = req[4], req[5]
@@ -35,14 +39,27 @@ end
 local pmax = tonumber(redis.call('HGET', P .. ':meta', 'processed_max') or '-4611686018427387904')
 
 local function fmt(x) return string.format('%.0f', x) end
+local function joined(flat)
+  local parts = {}
+  for i = 1, #flat, 2 do parts[#parts + 1] = flat[i + 1] .. '\31' .. flat[i] end
+  return table.concat(parts, '\30')
+end
 local function before(key, lo, t)
   local hi = '(' .. fmt(t)
   local n = redis.call('ZCOUNT', key, lo and fmt(lo) or '-inf', hi)
   if n > max_members then
-    return redis.call('ZRANGEBYSCORE', key, lo and fmt(lo) or '-inf', hi, 'WITHSCORES',
-      'LIMIT', n - max_members, max_members)
+    return joined(redis.call('ZRANGEBYSCORE', key, lo and fmt(lo) or '-inf', hi, 'WITHSCORES',
+      'LIMIT', n - max_members, max_members))
   end
-  return redis.call('ZRANGEBYSCORE', key, lo and fmt(lo) or '-inf', hi, 'WITHSCORES')
+  return joined(redis.call('ZRANGEBYSCORE', key, lo and fmt(lo) or '-inf', hi, 'WITHSCORES'))
+end
+local sent = {}
+local function prefix(key, t, have)
+  local n = redis.call('ZCOUNT', key, '-inf', '(' .. fmt(t))
+  local from = math.max(have, sent[key] or 0)
+  if n <= from then return {n, from, ''} end
+  sent[key] = n
+  return {n, from, joined(redis.call('ZRANGE', key, from, n - 1, 'WITHSCORES'))}
 end
 local function seen(eid, shard, gen)
   for g = gen - 1, gen + 1 do
@@ -74,6 +91,7 @@ end
 local out = {}
 for _, c in ipairs(cands) do
   local kind, t, eid, shard, gen, a, b, w = c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+  local have_pp, have_mv = c[9], c[10]
   if t > F then break end
   local row = {seen(eid, shard, gen)}
   if kind == 1 then
@@ -88,7 +106,7 @@ for _, c in ipairs(cands) do
     row[2] = redis.call('GET', P .. ':b:' .. a) or false
     row[3] = before(P .. ':bp:' .. a, t - hist_us, t)
     row[4] = project
-    row[5] = before(P .. ':pp:' .. b, nil, t)
+    row[5] = prefix(P .. ':pp:' .. b, t, have_pp)
     row[6] = before(P .. ':wc:' .. w, nil, t)
     row[7] = before(P .. ':wp:' .. w, t - wallet_us, t)
     row[8] = before(P .. ':pm:' .. b, nil, t)
@@ -96,8 +114,8 @@ for _, c in ipairs(cands) do
     local mref = redis.call('GET', P .. ':m:' .. b) or false
     row[2] = mref
     row[3] = redis.call('GET', P .. ':p:' .. a) or false
-    row[4] = before(P .. ':pp:' .. a, nil, t)
-    row[5] = before(P .. ':mv:' .. b, nil, t)
+    row[4] = prefix(P .. ':pp:' .. a, t, have_pp)
+    row[5] = prefix(P .. ':mv:' .. b, t, have_mv)
     row[6] = before(P .. ':pr:' .. a, nil, t)
     if kind == 6 then row[7] = before(P .. ':pm:' .. a, nil, t) end
     if kind == 5 then want_day(mref) end

@@ -200,31 +200,45 @@ class ScoringWorker:
     async def drain(self, now_s: float, wall: datetime) -> int:
         """Decide every buffered event the frontier allows; returns how many."""
         decided = 0
-        cfg = self.settings.worker
-        own = [tp_key(tp) for tp in self.buffer.partitions]
         while True:
             bound = self.buffer.own_bound(now_s)
-            candidates = self.buffer.candidates(cfg.batch_max_events, bound)
+            candidates = self.buffer.take_candidates(self.settings.worker.batch_max_events, bound)
             if not candidates and not self._dead:
                 return decided
-            started = time.perf_counter()
-            outputs: list[AnyOutput] = [d for d, _ in self._dead]
-            finished = [p for _, p in self._dead]
-            reads = None
-            if candidates:
-                reads = await self.store.read(candidates, own, bound, self._bandit.keys())
-                # posteriors as of a past day never change: keep them, and hand the
-                # processor every one it may need (the store skipped the cached days)
-                self._bandit.update(reads.bandit)
-                reads.bandit = self._bandit
-            processed: list[Pending] = []
-            if reads is not None and reads.events:
-                try:
-                    outcome = self.processor.process(candidates, reads, wall)
-                except MissingBanditDays as missing:
-                    extra = await self.store.read([], own, bound, (), days=missing.days)
-                    self._bandit.update(extra.bandit)
-                    outcome = self.processor.process(candidates, reads, wall)
+            try:
+                n, waiting = await self._decide(candidates, bound, now_s, wall)
+            except BaseException:
+                # nothing moved on: the same events are decided again by the retry
+                self.buffer.requeue(candidates)
+                raise
+            decided += n
+            if waiting:
+                return decided  # waiting for the frontier: nothing more to do now
+
+    async def _decide(
+        self, candidates: list[Pending], bound: int, now_s: float, wall: datetime
+    ) -> tuple[int, bool]:
+        """One batch: read, decide, store, send. Returns (messages finished, waiting)."""
+        started = time.perf_counter()
+        own = [tp_key(tp) for tp in self.buffer.partitions]
+        outputs: list[AnyOutput] = [d for d, _ in self._dead]
+        finished = [p for _, p in self._dead]
+        processed: list[Pending] = []
+        if candidates:
+            reads = await self.store.read(candidates, own, bound, self._bandit.keys())
+            # posteriors as of a past day never change: keep them, and hand the processor
+            # every one it may need (the store skipped the cached days)
+            self._bandit.update(reads.bandit)
+            reads.bandit = self._bandit
+            if reads.events:
+                while True:
+                    try:
+                        outcome = self.processor.process(candidates, reads, wall)
+                        break
+                    except MissingBanditDays as missing:
+                        # posteriors for milestones decided only within this batch
+                        extra = await self.store.read([], own, bound, (), days=missing.days)
+                        self._bandit.update(extra.bandit)
                 processed = outcome.processed
                 if outcome.outcomes_from_us is not None:
                     # posteriors of days after a newly applied outcome were read without it
@@ -233,42 +247,48 @@ class ScoringWorker:
                         for d, c in self._bandit.items()
                         if d * DAY_US <= outcome.outcomes_from_us
                     }
-                deciding = {id(p) for p in processed}
                 fresh_max = max((p.t_us for p in processed), default=self._processed_max)
-                labels = await self.store.write(
-                    outcome.writes,
-                    {tp_key(tp): t for tp, t in self.buffer.frontiers(now_s, deciding).items()},
-                    max(self._processed_max, fresh_max),
-                    {tp_key(tp): off for tp, off in self.buffer.applied_offsets(deciding).items()},
-                    labels_key=f"labels:{self.processor.models.version}",
-                )
+                self.buffer.mark_decided(processed)
+                try:
+                    labels = await self.store.write(
+                        outcome.writes,
+                        {tp_key(tp): t for tp, t in self.buffer.frontiers(now_s).items()},
+                        max(self._processed_max, fresh_max),
+                        {tp_key(tp): off for tp, off in self.buffer.applied_offsets().items()},
+                        labels_key=f"labels:{self.processor.models.version}",
+                    )
+                    outputs += outcome.outputs
+                    for note in outcome.dead_letters:
+                        p = note.pending
+                        outputs.append(
+                            dead_letter(
+                                p.raw, p.pos, note.reason, note.detail, p.event.event_id, wall
+                            )
+                        )
+                    outputs += self.processor.monitor_alerts(labels, wall)
+                    # Only once everything is stored and sent does the buffer move on: a
+                    # failure leaves it as it was, and the retry decides the same batch
+                    # again (now as redeliveries) and re-sends the same ids.
+                    await self.sender.send_all(outputs)
+                except BaseException:
+                    self.buffer.unmark_decided(processed)
+                    raise
                 self._processed_max = max(self._processed_max, fresh_max)
                 self._published = {}
-                outputs += outcome.outputs
-                for note in outcome.dead_letters:
-                    p = note.pending
-                    outputs.append(
-                        dead_letter(p.raw, p.pos, note.reason, note.detail, p.event.event_id, wall)
-                    )
-                outputs += self.processor.monitor_alerts(labels, wall)
                 finished += [p.pos for p in processed]
                 self._count(processed, outcome.duplicates, outcome.redeliveries)
-            # Only once everything is stored and sent does the buffer move on: a failure
-            # anywhere above leaves it as it was, and the retry decides the same batch again
-            # (now as redeliveries) and re-sends the same ids.
+        if not processed:
             await self.sender.send_all(outputs)
-            self.buffer.take(processed)
-            self.buffer.finish(finished)
-            self._dead = []
-            self._count_outputs(outputs)
-            n = len(finished)
-            decided += n
-            self.metrics.observe("escrowguard_batch_size", n)
-            self.metrics.observe("escrowguard_batch_seconds", time.perf_counter() - started)
-            if not processed:
-                await self._publish_frontiers(now_s)
-                if not outputs:
-                    return decided  # waiting for the frontier: nothing more to do now
+        decided_ids = {id(p) for p in processed}
+        self.buffer.requeue(p for p in candidates if id(p) not in decided_ids)
+        self.buffer.finish(finished)
+        self._dead = []
+        self._count_outputs(outputs)
+        self.metrics.observe("escrowguard_batch_size", len(finished))
+        self.metrics.observe("escrowguard_batch_seconds", time.perf_counter() - started)
+        if not processed:
+            await self._publish_frontiers(now_s)
+        return len(finished), not processed and not outputs
 
     async def _publish_frontiers(self, now_s: float) -> None:
         """Tell the other workers how far this one got, even when it decided nothing
