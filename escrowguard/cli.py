@@ -225,3 +225,206 @@ def worker_cmd(ctx: Context, bundle: Path | None, consumption: str | None) -> No
     if consumption:
         settings = settings.replace(worker={"consumption": consumption})
     run_worker(settings, bundle)
+
+
+# --- models: train, report, registry, recommend, suggest-goal ---------------------------
+
+
+@main.command("train")
+@click.option(
+    "--events",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A history in the wire format (events.jsonl).",
+)
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A generator output directory (its events.jsonl, and labels.json if present).",
+)
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="labels.json to score the anomaly model against (--data finds its own).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for the bundle (written as OUT/<version>/, report in OUT/<version>/report).",
+)
+@click.option(
+    "--anomaly-budget",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Share of pledges the anomaly threshold flags (default 0.04).",
+)
+@click.option("--promote", "do_promote", is_flag=True, help="Promote into models.registry_dir.")
+@pass_ctx
+@friendly_errors
+def train_cmd(
+    ctx: Context,
+    events: Path | None,
+    data: Path | None,
+    labels: Path | None,
+    out_dir: Path,
+    anomaly_budget: float | None,
+    do_promote: bool,
+) -> None:
+    """Train the five models on a history; write a bundle and its report."""
+    import time
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from escrowguard.models.bundle import promote
+    from escrowguard.models.report import comparison_table, write_report
+    from escrowguard.models.serving import SERVING_FEATURES
+    from escrowguard.models.train import (
+        TrainingConfig,
+        load_training_data,
+        open_bundle,
+        save_trained,
+        train_models,
+    )
+
+    console = Console()
+    started = time.perf_counter()
+    history = load_training_data(events, data, labels)
+    console.print(f"[green]✓[/] {'read':<12} {len(history.events):,} events from {history.source}")
+    overrides = {} if anomaly_budget is None else {"anomaly_budget": anomaly_budget}
+    trained = train_models(
+        history,
+        TrainingConfig.from_settings(ctx.settings, **overrides),
+        progress=lambda phase, summary: console.print(f"[green]✓[/] {phase:<12} {summary}"),
+        clock=time.perf_counter,
+    )
+    path = save_trained(trained, out_dir, datetime.now(UTC))
+    report = write_report(open_bundle(path), path / "report")
+    elapsed = time.perf_counter() - started
+    console.print(comparison_table(trained.metrics))
+    console.print(f"bundle:  {path} (version {path.name})")
+    console.print(f"report:  {report}")
+    console.print(f"time:    {elapsed:.1f} s")
+    if do_promote:
+        registry = Path(ctx.settings.models.registry_dir)
+        version = promote(registry, path, SERVING_FEATURES)
+        console.print(f"promoted {version} in {registry}")
+
+
+@main.group("report")
+def report_group() -> None:
+    """Reports on what escrowguard produced."""
+
+
+@report_group.command("models")
+@click.argument("bundle_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where report.md and the PNGs go (default: BUNDLE_DIR/report).",
+)
+@friendly_errors
+def report_models_cmd(bundle_dir: Path, out_dir: Path | None) -> None:
+    """Print a bundle's metrics beside the seed report's; write report.md + plots."""
+    from rich.console import Console
+
+    from escrowguard.models.report import comparison_table, write_report
+    from escrowguard.models.train import open_bundle
+
+    bundle = open_bundle(bundle_dir)
+    path = write_report(bundle, out_dir or bundle_dir / "report")
+    console = Console()
+    console.print(comparison_table(bundle.manifest["metrics"]))
+    console.print(f"report: {path}")
+
+
+@main.group("models")
+def models_group() -> None:
+    """The model registry: promote a bundle, show the current one."""
+
+
+@models_group.command("promote")
+@click.argument("bundle_dir", type=click.Path(file_okay=False, path_type=Path))
+@pass_ctx
+@friendly_errors
+def models_promote_cmd(ctx: Context, bundle_dir: Path) -> None:
+    """Verify a bundle, copy it into models.registry_dir and make it CURRENT."""
+    from escrowguard.models.bundle import promote
+    from escrowguard.models.serving import SERVING_FEATURES
+
+    registry = Path(ctx.settings.models.registry_dir)
+    version = promote(registry, bundle_dir, SERVING_FEATURES)
+    click.echo(f"promoted {version} in {registry}")
+
+
+@models_group.command("current")
+@pass_ctx
+@friendly_errors
+def models_current_cmd(ctx: Context) -> None:
+    """Print the promoted bundle's version and path (exit 1 when none is)."""
+    from escrowguard.models.bundle import current_version
+
+    registry = Path(ctx.settings.models.registry_dir)
+    version = current_version(registry)
+    if version is None:
+        click.echo(f"no bundle promoted in {registry}", err=True)
+        sys.exit(1)
+    click.echo(f"{version} {registry / version}")
+
+
+@main.command("recommend")
+@click.argument("backer_id")
+@click.option("--bundle", type=click.Path(file_okay=False, path_type=Path), help="Bundle dir.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--popular-fallback", is_flag=True, help="Unknown backer: most-backed projects.")
+@pass_ctx
+@friendly_errors
+def recommend_cmd(
+    ctx: Context, backer_id: str, bundle: Path | None, k: int, popular_fallback: bool
+) -> None:
+    """Top-k projects for a backer, from the bundle's SVD recommender."""
+    from escrowguard.models.train import bundle_path, open_bundle
+
+    model = open_bundle(bundle_path(ctx.settings, bundle)).models["recommender"]
+    for rank, (project_id, score) in enumerate(
+        model.recommend(backer_id, k, popular_fallback=popular_fallback), 1
+    ):
+        click.echo(f"{rank:>3}  {project_id}  {score:.4f}")
+
+
+@main.command("suggest-goal")
+@click.option("--reputation", type=click.FloatRange(0, 10), required=True, help="Creator, 0-10.")
+@click.option("--days", type=click.FloatRange(min=1), required=True, help="Campaign length.")
+@click.option("--target", type=click.FloatRange(0, 1), default=0.7, show_default=True)
+@click.option("--min-goal", type=click.FloatRange(min=0.01), default=100.0, show_default=True)
+@click.option("--max-goal", type=click.FloatRange(min=0.01), default=1e6, show_default=True)
+@click.option("--bundle", type=click.Path(file_okay=False, path_type=Path), help="Bundle dir.")
+@pass_ctx
+@friendly_errors
+def suggest_goal_cmd(
+    ctx: Context,
+    reputation: float,
+    days: float,
+    target: float,
+    min_goal: float,
+    max_goal: float,
+    bundle: Path | None,
+) -> None:
+    """The largest funding goal whose predicted success stays >= target (success model;
+    days to the deadline at its checkpoint, other features at their training medians)."""
+    from escrowguard.models.analyses import suggest_goal_with_bundle
+    from escrowguard.models.train import bundle_path, open_bundle
+
+    loaded = open_bundle(bundle_path(ctx.settings, bundle))
+    s = suggest_goal_with_bundle(loaded, reputation, days, target, min_goal, max_goal)
+    goal = "none" if s.goal is None else f"${s.goal:,}"
+    click.echo(f"suggested goal: {goal} (predicted success {s.predicted_success:.2f}, {s.reason})")
+    if not s.monotone:
+        click.echo(
+            "note: predicted success is not monotone in the goal here; this is the "
+            "largest goal found, not proven largest"
+        )
+    click.echo(
+        f"assumes: other success features at their training medians (bundle {loaded.version})"
+    )
