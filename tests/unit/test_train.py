@@ -47,10 +47,12 @@ from escrowguard.models.train import (
     save_trained,
     train_models,
 )
+from escrowguard.outputs import Alert
 from escrowguard.producers.export import History
 from escrowguard.producers.files import write_history
 from escrowguard.producers.generator import generate_history
 from escrowguard.settings import Settings, load_settings
+from tests.unit import streamsim
 
 CREATED = datetime(2026, 1, 2, tzinfo=UTC)
 SCALE = 0.3
@@ -300,3 +302,32 @@ def test_the_commands_train_report_promote_recommend_and_suggest(
 
     code, lines = _run(["train", "--out", str(out)], env)
     assert code == 2 and "exactly one of --events FILE or --data DIR" in lines[-1]
+
+
+def test_the_streaming_pipeline_flags_exactly_the_pledges_training_calibrated(
+    bundle_dir: Path,
+    settings: Settings,
+    history: History,
+    data: TrainingData,
+    config: TrainingConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Train/serve parity end to end: the in-process deployment (2 partitions, seeded
+    interleaving) scoring with the trained bundle raises a pledge_anomaly alert for exactly
+    the pledges whose offline training row scores at or above the calibrated threshold."""
+    models = load_serving_models(settings, bundle_dir)
+    monkeypatch.setattr(streamsim, "RuleModels", lambda: models)
+    dep = streamsim.simulate(history.events, 2, 1, seed=3)
+    streamed = {
+        event_id
+        for out in dep.collector.outputs
+        if isinstance(out, Alert) and out.kind == "pledge_anomaly"
+        for event_id in out.event_ids
+    }
+    h = walk_history(data.events, config.windows)
+    scores = models.anomaly_scores(h.pledges.X[:, ANOMALY_COLUMNS])
+    offline = {
+        e for e, s in zip(h.pledges.event_ids, scores, strict=True) if s >= models.anomaly_threshold
+    }
+    assert len(offline) > 10
+    assert streamed == offline
