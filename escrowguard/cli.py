@@ -384,9 +384,16 @@ def recommend_cmd(
     ctx: Context, backer_id: str, bundle: Path | None, k: int, popular_fallback: bool
 ) -> None:
     """Top-k projects for a backer, from the bundle's SVD recommender."""
+    from escrowguard.errors import DataError
     from escrowguard.models.train import bundle_path, open_bundle
 
     model = open_bundle(bundle_path(ctx.settings, bundle)).models["recommender"]
+    if not popular_fallback and model.backer_index(backer_id) is None:
+        raise DataError(
+            f"backer {backer_id!r} has no pledges in the bundle's training data; "
+            "--popular-fallback lists the most-backed projects instead",
+            "unknown_backer",
+        )
     for rank, (project_id, score) in enumerate(
         model.recommend(backer_id, k, popular_fallback=popular_fallback), 1
     ):
@@ -418,7 +425,7 @@ def suggest_goal_cmd(
 
     loaded = open_bundle(bundle_path(ctx.settings, bundle))
     s = suggest_goal_with_bundle(loaded, reputation, days, target, min_goal, max_goal)
-    goal = "none" if s.goal is None else f"${s.goal:,}"
+    goal = "none" if s.goal is None else f"${s.goal:,.2f}"
     click.echo(f"suggested goal: {goal} (predicted success {s.predicted_success:.2f}, {s.reason})")
     if not s.monotone:
         click.echo(
