@@ -103,10 +103,10 @@ class Runtime:
             self.metrics.set("escrowguard_model_info", 1, version=fresh.version)
             log_event(log, "model_promoted", model_version=fresh.version)
 
-    async def decide(self, messages: Sequence[RawMessage]) -> int:
+    async def decide(self, messages: Sequence[RawMessage], strict_offsets: bool = True) -> int:
         """Ingest and decide, retrying with backoff while Redis or Kafka is unavailable."""
         now_s, wall = time.monotonic(), datetime.now(UTC)
-        self.worker.ingest(messages, now_s, wall)
+        self.worker.ingest(messages, now_s, wall, strict_offsets)
         delay = self.settings.redis.retry_backoff_initial_s
         while True:
             try:
@@ -290,6 +290,9 @@ def create_app(settings: Settings, bundle: Path | None = None) -> faust.App:
         web_host=s.http.bind,
         web_port=s.http.port,
         stream_buffer_maxsize=s.worker.stream_buffer_maxsize,
+        # events wait in the reorder buffer, unacked, for the event-time frontier: a
+        # rebalance must not wait for them (the next owner re-reads them: at-least-once)
+        stream_wait_empty=False,
         broker_session_timeout=s.kafka.session_timeout_ms / 1000,
         broker_heartbeat_interval=s.kafka.heartbeat_interval_ms / 1000,
         broker_max_poll_interval=s.kafka.max_poll_interval_ms / 1000,
@@ -321,52 +324,94 @@ def create_app(settings: Settings, bundle: Path | None = None) -> faust.App:
 
 
 def _add_agent(app: faust.App, runtime: Runtime) -> None:
+    """The plain Faust path: an agent over ``stream.noack_take`` (acks only once outputs
+    are sent), partitions tracked through Faust's rebalance signals, and a timer that keeps
+    deciding when input pauses (buffered events wait for the frontier, not for input)."""
     s = runtime.settings
+    names = input_topics(s.topics)
     topics = app.topic(
-        *input_topics(s.topics),
-        value_type=bytes,
-        key_type=bytes,
-        value_serializer="raw",
-        key_serializer="raw",
+        *names, value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw"
     )
+    unacked: dict[tuple[str, int, int], Any] = {}
+    streams: list[Any] = []
+    lock = asyncio.Lock()
+    started = asyncio.Event()
 
     @app.task
     async def _start_runtime() -> None:
         await runtime.start()
+        started.set()
 
-    unacked: dict[tuple[str, int, int], Any] = {}
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        gone = [(tp.topic, tp.partition) for tp in revoked if tp.topic in names]
+        runtime.worker.revoke(gone)
+        for key in [k for k in unacked if (k[0], k[1]) in set(gone)]:
+            unacked.pop(key)
+
+    caught_up_since: dict[tuple[str, int], float] = {}
+
+    async def track_silent_partitions() -> None:
+        """A partition is tracked from its first delivered message. One that delivers none
+        (empty, or consumed to the end before) is tracked once Faust's position has stood at
+        its high watermark for the idle time: else it would hold the frontier back."""
+        known = set(runtime.worker.buffer.partitions)
+        now = time.monotonic()
+        fresh = {}
+        for tp in app.consumer.assignment():
+            key = (tp.topic, tp.partition)
+            if tp.topic not in names or key in known:
+                continue
+            position, high = await app.consumer.position(tp), app.consumer.highwater(tp)
+            if position is None or high is None or position < high:
+                caught_up_since.pop(key, None)
+                continue
+            since = caught_up_since.setdefault(key, now)
+            if now - since >= runtime.worker.buffer.idle_s:
+                fresh[key] = position
+        if fresh:
+            runtime.worker.assign(fresh, now)
+
+    async def decide(messages: Sequence[RawMessage]) -> None:
+        await started.wait()
+        async with lock:
+            now = time.monotonic()
+            for tp in app.consumer.assignment():
+                if tp.topic in names:
+                    runtime.worker.buffer.note_fetch(
+                        (tp.topic, tp.partition), app.consumer.highwater(tp), now
+                    )
+            await runtime.decide(messages, strict_offsets=False)
+            if streams:
+                # ack exactly the messages whose outputs are sent; Faust commits contiguous
+                committed = runtime.worker.buffer.commit_offsets()
+                for key in [k for k in unacked if k[2] < committed.get((k[0], k[1]), 0)]:
+                    await streams[0].ack(unacked.pop(key))
 
     @app.agent(topics, concurrency=1)
     async def score(stream: faust.StreamT) -> None:
+        streams.append(stream)
         async for events in stream.noack_take(  # type: ignore[attr-defined]
             s.worker.batch_max_events, within=s.worker.batch_max_wait_ms / 1000
         ):
             messages = []
+            first: dict[tuple[str, int], int] = {}
             for event in events:
                 m = event.message
                 messages.append(RawMessage(m.topic, m.partition, m.offset, m.value))
                 unacked[(m.topic, m.partition, m.offset)] = event
-                runtime.worker.buffer.note_fetch(
-                    (m.topic, m.partition), app.consumer.highwater(m.tp), time.monotonic()
-                )
-            _assign_new(runtime, messages)
-            await runtime.decide(messages)
-            # ack exactly the messages whose outputs are sent; Faust commits contiguous acks
-            committed = runtime.worker.buffer.commit_offsets()
-            for key in [k for k in unacked if k[2] < committed.get((k[0], k[1]), 0)]:
-                await stream.ack(unacked.pop(key))
+                first.setdefault((m.topic, m.partition), m.offset)
+            known = set(runtime.worker.buffer.partitions)
+            runtime.worker.assign(
+                {tp: off for tp, off in first.items() if tp not in known}, time.monotonic()
+            )
+            await decide(messages)
 
-
-def _assign_new(runtime: Runtime, messages: Sequence[RawMessage]) -> None:
-    """The agent path learns its partitions from the messages it receives."""
-    known = set(runtime.worker.buffer.partitions)
-    fresh = {}
-    for m in messages:
-        tp = (m.topic, m.partition)
-        if tp not in known and tp not in fresh:
-            fresh[tp] = m.offset
-    if fresh:
-        runtime.worker.assign(fresh, time.monotonic())
+    @app.timer(interval=max(s.worker.batch_max_wait_ms / 1000, 0.05))
+    async def _tick() -> None:
+        if started.is_set():
+            await track_silent_partitions()
+            await decide(())
 
 
 def _faust_credentials(s: Settings) -> Any:

@@ -161,12 +161,12 @@ class ReorderBuffer:
         if part is not None and highwater is not None:
             part.highwater = highwater
 
-    def accepts(self, pos: Position) -> bool:
-        """Whether a fetched message is new for this worker: its partition is owned and it
-        comes after everything taken from that partition (a fetch that raced a seek or a
-        rebalance can return stale or repeated messages)."""
+    def accepts(self, pos: Position, strict_offsets: bool = True) -> bool:
+        """Whether a fetched message is new for this worker: its partition is owned and
+        (``strict_offsets``) it comes after everything taken from that partition (a fetch
+        that raced a seek or a rebalance can return stale or repeated messages)."""
         part = self._parts.get(pos[:2])
-        return part is not None and pos.offset >= part.next_offset
+        return part is not None and (not strict_offsets or pos.offset >= part.next_offset)
 
     def next_offset(self, tp: TopicPartition) -> int | None:
         """The next offset expected from a partition (None if not owned)."""

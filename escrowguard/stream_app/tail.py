@@ -299,7 +299,7 @@ def describe(message: OutputMessage) -> TailRow:
         return TailRow(
             _when(out.occurred_at),
             out.action,
-            out.model_version,
+            f"by {out.model_version}",
             out.freeze_id,
             _entities(project=out.project_id, milestone=out.milestone_id),
             "" if out.risk_score is None else f"{out.risk_score:.3f}",
@@ -339,8 +339,8 @@ def describe(message: OutputMessage) -> TailRow:
 class TailTable:
     """Prints rows as one aligned table, a header first, one row per message as it comes."""
 
-    HEADERS: Final = ("time", "what", "severity/arm", "id", "entities", "score", "details")
-    WIDTHS: Final = (19, 15, 14, 27, 34, 11, None)
+    HEADERS: Final = ("time", "what", "severity/arm/by", "id", "entities", "score", "details")
+    WIDTHS: Final = (19, 15, 16, 27, 34, 11, None)
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(highlight=False, soft_wrap=False)
@@ -350,11 +350,9 @@ class TailTable:
 
     def print(self, row: TailRow) -> None:
         """Print one row (with the header the first time)."""
-        table = Table(box=None, show_header=not self._header_done, pad_edge=False, expand=True)
+        table = Table(box=None, show_header=not self._header_done, pad_edge=False)
         for header, width in zip(self.HEADERS, self.WIDTHS, strict=True):
-            table.add_column(
-                header, width=width, no_wrap=True, overflow="ellipsis", ratio=None if width else 1
-            )
+            table.add_column(header, width=width, no_wrap=True, overflow="ellipsis")
         style = {"critical": "bold red", "high": "red", "medium": "yellow"}.get(row.level)
         table.add_row(
             row.time,

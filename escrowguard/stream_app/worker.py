@@ -132,13 +132,24 @@ class ScoringWorker:
 
     # --- intake ---
 
-    def ingest(self, messages: Iterable[RawMessage], now_s: float, wall: datetime) -> None:
-        """Decode messages into the buffer; contract violations become dead letters."""
+    def ingest(
+        self,
+        messages: Iterable[RawMessage],
+        now_s: float,
+        wall: datetime,
+        strict_offsets: bool = True,
+    ) -> None:
+        """Decode messages into the buffer; contract violations become dead letters.
+
+        ``strict_offsets`` drops messages at offsets already taken (the batch consumer
+        seeks, and a fetch racing the seek can return them again). The Faust agent never
+        seeks: everything it hands over is kept, a repeat is decided as a redelivery.
+        """
         w = self.settings.worker
         future_limit_us = _to_us(wall) + w.max_future_skew_s * 1_000_000
         for msg in messages:
             pos = Position(msg.topic, msg.partition, msg.offset)
-            if not self.buffer.accepts(pos):
+            if not self.buffer.accepts(pos, strict_offsets):
                 self.metrics.inc("escrowguard_stale_messages_total")
                 if self.metrics.get("escrowguard_stale_messages_total") < 5:
                     log_event(
