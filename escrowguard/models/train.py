@@ -31,7 +31,7 @@ from escrowguard.models.bundle import (
     save_bundle,
 )
 from escrowguard.models.evaluate import reference_stats
-from escrowguard.models.evaluation import attack_pledge_ids
+from escrowguard.models.detection_scores import attack_pledge_ids
 from escrowguard.models.features import (
     ANOMALY_FEATURES,
     DAY_US,
@@ -359,7 +359,7 @@ def train_models(
 
 def _anomaly_truth(h: HistoryMatrices, labels: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """(any attack pledge, labelled pledge anomaly) per pledge row: the evaluation module's
-    definitions (``evaluation.attack_pledge_ids``)."""
+    definitions (``detection_scores.attack_pledge_ids``)."""
     try:
         attacks = attack_pledge_ids(
             labels,
