@@ -20,6 +20,7 @@ from escrowguard.infra.admin import (
     existing_topics,
     redis_client,
     require_topics,
+    topic_partitions,
 )
 from escrowguard.infra.embedded import (
     EmbeddedServers,
@@ -56,5 +57,6 @@ __all__ = [
     "serve_embedded",
     "servers_for",
     "settings_for",
+    "topic_partitions",
     "wait_until",
 ]

@@ -65,6 +65,20 @@ def existing_topics(target: KafkaTarget, timeout_s: float = 30.0) -> set[str]:
         return set(admin.list_topics())
 
 
+def topic_partitions(
+    target: KafkaTarget, names: Iterable[str], timeout_s: float = 30.0
+) -> dict[str, int]:
+    """Partition count of each named topic, from cluster metadata (missing topics omitted)."""
+    wanted = list(names)
+    with _admin(target, timeout_s) as admin:
+        described = admin.describe_topics(wanted)
+    return {
+        str(t.get("name") or t.get("topic")): len(t["partitions"])
+        for t in described
+        if not t.get("error_code") and t.get("partitions")
+    }
+
+
 def create_topics(
     target: KafkaTarget,
     names: Iterable[str] | None = None,

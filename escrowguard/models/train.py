@@ -30,8 +30,8 @@ from escrowguard.models.bundle import (
     load_bundle,
     save_bundle,
 )
-from escrowguard.models.evaluate import reference_stats
 from escrowguard.models.detection_scores import attack_pledge_ids
+from escrowguard.models.evaluate import reference_stats
 from escrowguard.models.features import (
     ANOMALY_FEATURES,
     DAY_US,

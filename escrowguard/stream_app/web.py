@@ -29,7 +29,7 @@ from escrowguard.outputs import build_release
 from escrowguard.stream_app.ordering import UNBOUNDED, Pending, Position
 
 if TYPE_CHECKING:
-    from escrowguard.stream_app.app import Runtime
+    from escrowguard.stream_app.runtime import Runtime
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
 
