@@ -435,3 +435,189 @@ def suggest_goal_cmd(
     click.echo(
         f"assumes: other success features at their training medians (bundle {loaded.version})"
     )
+
+
+class _SpeedType(click.ParamType):
+    """``max`` or a positive multiple of real time."""
+
+    name = "max|N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from escrowguard.producers.replay_plan import parse_speed
+
+        if value is None or isinstance(value, float):
+            return value
+        try:
+            return parse_speed(str(value))
+        except EscrowguardError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@main.command("replay")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option(
+    "--speed",
+    type=_SpeedType(),
+    default="max",
+    show_default=True,
+    help="'max', or N: N x real time by event time (event-time gaps / N are waited).",
+)
+@click.option("--from", "time_from", help="Send events with occurred_at >= this (RFC 3339).")
+@click.option("--until", "time_until", help="Send events with occurred_at < this (RFC 3339).")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="At most N events per second (smooth: bursts of ~10 ms worth at most).",
+)
+@click.option("--topic-prefix", help="Send to PREFIX<topic> instead of topics.prefix.")
+@click.option(
+    "--rejects",
+    "rejects_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where invalid lines go (JSON lines). Default: <input>.rejects.jsonl.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar (the summary still prints).")
+@pass_ctx
+@friendly_errors
+def replay_cmd(
+    ctx: Context,
+    input_path: Path,
+    speed: float | None,
+    time_from: str | None,
+    time_until: str | None,
+    rate: float | None,
+    topic_prefix: str | None,
+    rejects_path: Path | None,
+    no_progress: bool,
+) -> None:
+    """Send an events.jsonl (or a `generate` output dir) to the input topics, in event-time
+    order. Exit 1 when any send failed, 130 when interrupted."""
+    from escrowguard.producers.replay import replay_file
+    from escrowguard.producers.replay_plan import parse_event_time
+
+    summary = replay_file(
+        ctx.settings,
+        input_path,
+        topic_prefix=topic_prefix,
+        speed=speed,
+        rate=rate,
+        time_from=parse_event_time(time_from, "--from") if time_from else None,
+        time_until=parse_event_time(time_until, "--until") if time_until else None,
+        rejects_path=rejects_path,
+        progress=not no_progress,
+    )
+    for line in summary.lines():
+        click.echo(line)
+    if summary.interrupted:
+        sys.exit(130)
+    if not summary.ok:
+        sys.exit(1)
+
+
+@main.command("tail")
+@click.argument("stream", type=click.Choice(["alerts", "freezes", "decisions", "deadletter"]))
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: each message as received.")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest message, not the end.")
+@click.option(
+    "--kind",
+    help="Only this alert kind / freeze action / decision route / dead-letter reason.",
+)
+@click.option(
+    "--idle-timeout",
+    "idle_timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Exit after S seconds without a new message (default: run until Ctrl-C).",
+)
+@click.option("--topic-prefix", help="Read PREFIX<topic> instead of topics.prefix.")
+@pass_ctx
+@friendly_errors
+def tail_cmd(
+    ctx: Context,
+    stream: str,
+    as_json: bool,
+    from_beginning: bool,
+    kind: str | None,
+    idle_timeout_s: float | None,
+    topic_prefix: str | None,
+) -> None:
+    """Print an output topic (alerts, freezes, decisions, deadletter) as it grows."""
+    from escrowguard.stream_app.tail import TailTable, describe, tail_output
+
+    settings = ctx.settings
+    if topic_prefix:
+        settings = settings.replace(topics={"prefix": topic_prefix})
+    table = None if as_json else TailTable()
+    shown = 0
+    try:
+        for message in tail_output(
+            settings,
+            stream,
+            from_beginning=from_beginning,
+            kind=kind,
+            idle_timeout_s=idle_timeout_s,
+        ):
+            if table is None:
+                click.echo(message.value.decode("utf-8", errors="replace"))
+            else:
+                table.print(describe(message))
+            shown += 1
+    except KeyboardInterrupt:
+        pass
+    click.echo(f"{shown} message(s)", err=True)
+
+
+@main.group("freezes")
+def freezes_group() -> None:
+    """Payout freezes: manual review."""
+
+
+@freezes_group.command("release")
+@click.argument("freeze_id")
+@click.option("--reason", required=True, help="Why the payout is released (kept in the message).")
+@click.option("--project-id", help="The frozen milestone's project (else looked up on the topic).")
+@click.option("--milestone-id", help="The frozen milestone (else looked up on the topic).")
+@click.option("--topic-prefix", help="Use PREFIX<topic> instead of topics.prefix.")
+@pass_ctx
+@friendly_errors
+def freezes_release_cmd(
+    ctx: Context,
+    freeze_id: str,
+    reason: str,
+    project_id: str | None,
+    milestone_id: str | None,
+    topic_prefix: str | None,
+) -> None:
+    """Release a payout freeze after manual review (sent with acks=all)."""
+    from escrowguard.outputs import encode_output
+    from escrowguard.stream_app.freeze_release import release_freeze
+
+    settings = ctx.settings
+    if topic_prefix:
+        settings = settings.replace(topics={"prefix": topic_prefix})
+    release = release_freeze(
+        settings, freeze_id, reason, project_id=project_id, milestone_id=milestone_id
+    )
+    click.echo(f"released {release.freeze_id} (milestone {release.milestone_id}): sent")
+    click.echo(encode_output(release).decode())
+
+
+@main.command("rebuild-state")
+@click.option(
+    "--models",
+    "bundle",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Model bundle directory (default: the registry's promoted bundle).",
+)
+@pass_ctx
+@friendly_errors
+def rebuild_state_cmd(ctx: Context, bundle: Path | None) -> None:
+    """Rebuild Redis feature state from the input topics (run with the workers stopped)."""
+    from escrowguard.stream_app.runner import rebuild_state
+
+    summary = rebuild_state(
+        ctx.settings, bundle, progress=lambda n: click.echo(f"\rdecided {n:,} events", nl=False)
+    )
+    click.echo(
+        f"\nrebuilt state from {summary.events_decided:,} events in {summary.seconds:.1f} s "
+        f"({summary.outputs_suppressed:,} outputs not re-sent)"
+    )
