@@ -7,6 +7,8 @@ turns ``EscrowguardError`` into a one-line message and a non-zero exit code.
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -197,10 +199,6 @@ def generate_cmd(out_dir: Path, seed: int, scale: float) -> None:
     click.echo(f"wrote {out_dir}")
     for line in summary_lines(history, sizes, time.perf_counter() - started):
         click.echo(line)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
 
 
 @main.command("worker")
@@ -621,3 +619,39 @@ def rebuild_state_cmd(ctx: Context, bundle: Path | None) -> None:
         f"\nrebuilt state from {summary.events_decided:,} events in {summary.seconds:.1f} s "
         f"({summary.outputs_suppressed:,} outputs not re-sent)"
     )
+
+
+@main.command("demo")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("out/demo"),
+    show_default=True,
+    help="Where the history, the bundle, the worker log and summary.json go.",
+)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--scale", type=float, default=1.0, show_default=True, help="History size (1: ~12k).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@pass_ctx
+@friendly_errors
+def demo_cmd(ctx: Context, out_dir: Path, seed: int, scale: float, no_progress: bool) -> None:
+    """Everything end to end: servers, history, training, a worker, replay, a scored summary.
+
+    Uses the servers named by KAFKA_BOOTSTRAP_SERVERS / REDIS_URL, else starts embedded
+    ones; exits 0 when the run completed, 130 on Ctrl-C (everything started is stopped).
+    """
+    from escrowguard.demo import run_demo
+
+    # the demo prints its own story; library INFO lines (the worker's are in its log) would
+    # bury it. ESCROWGUARD_LOGGING__LEVEL=INFO still shows them.
+    if "ESCROWGUARD_LOGGING__LEVEL" not in os.environ:
+        configure_logging("WARNING")
+        logging.getLogger("kafka").setLevel(logging.ERROR)
+    try:
+        run_demo(
+            ctx.settings, out_dir, seed=seed, scale=scale, echo=click.echo, progress=not no_progress
+        )
+    except KeyboardInterrupt:
+        click.echo("interrupted: servers and worker stopped", err=True)
+        sys.exit(130)

@@ -9,6 +9,7 @@ or repr'd; each may come from the value itself, its ``*_file`` twin, or the envi
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -404,3 +405,23 @@ def _to_raw(settings: Settings) -> dict[str, Any]:
     ):
         raw[section][file_key] = ""
     return raw
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``ESCROWGUARD_<SECTION>__<KEY>`` variables that make a child process load ``settings``
+    (only the keys that differ from the defaults; secrets included, so pass the result to a
+    child's environment, never to a log)."""
+    defaults = _to_raw(load_settings(env={}))
+    env: dict[str, str] = {}
+    for section, values in _to_raw(settings).items():
+        for key, value in values.items():
+            if value == defaults[section][key]:
+                continue
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, list | tuple):
+                text = json.dumps(list(value))  # a JSON array of strings or numbers is TOML too
+            else:
+                text = str(value)
+            env[f"{ENV_PREFIX}{section.upper()}__{key.upper()}"] = text
+    return env

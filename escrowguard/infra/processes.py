@@ -16,7 +16,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import redis
@@ -70,10 +70,17 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
 class ChildProcess:
     """One server process in its own process group; its output goes to a log file."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
+        self.env = dict(env) if env is not None else None  # None: inherit os.environ
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -84,6 +91,7 @@ class ChildProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=self.env,
                 # PDEATHSIG needs code in the child before exec: nothing else does it
                 preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509
             )

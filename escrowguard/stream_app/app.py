@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +47,8 @@ def create_app(settings: Settings, bundle: Path | None = None) -> faust.App:
         topic_allow_declare=False,
         topic_disable_leader=True,
         store="memory://",
+        # Faust makes a data directory even with no tables: keep it out of the working dir
+        datadir=str(Path(tempfile.gettempdir()) / f"escrowguard-faust-{os.getuid()}"),
         web_enabled=True,
         web_bind=s.http.bind,
         web_host=s.http.bind,

@@ -1,0 +1,5 @@
+"""``python -m escrowguard``: the CLI, for child processes started from this interpreter."""
+
+from escrowguard.cli import main
+
+main()
