@@ -207,15 +207,28 @@ def demo_servers(settings: Settings, prefix: str) -> Iterator[Settings]:
 Echo = Callable[[str], None]
 
 
-def train_and_promote(history_dir: Path, out_dir: Path, settings: Settings, echo: Echo) -> Path:
-    """Train the five models on ``history_dir``, promote the bundle; its path."""
+def train_bundle(
+    history_dir: Path,
+    out_dir: Path,
+    settings: Settings,
+    echo: Echo,
+    **overrides: object,
+) -> Path:
+    """Train the five models on a generator output dir; the bundle's path.
+
+    ``overrides`` change the training config (e.g. ``anomaly_budget=0.05``)."""
     history = load_training_data(None, history_dir, None)
     trained = train_models(
         history,
-        TrainingConfig.from_settings(settings),
+        TrainingConfig.from_settings(settings, **overrides),
         progress=lambda phase, text: echo(f"  trained {phase:<12} {text}"),
     )
-    path = save_trained(trained, out_dir, datetime.now(UTC))
+    return save_trained(trained, out_dir, datetime.now(UTC))
+
+
+def train_and_promote(history_dir: Path, out_dir: Path, settings: Settings, echo: Echo) -> Path:
+    """Train the five models on ``history_dir`` and promote the bundle; its path."""
+    path = train_bundle(history_dir, out_dir, settings, echo)
     promote(settings.models.registry_dir, path, SERVING_FEATURES)
     return path
 

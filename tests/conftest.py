@@ -133,9 +133,10 @@ def _docker_servers() -> Iterator[Servers]:
         yield Servers(bootstrap, redis_url, "docker")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def settings(servers: Servers) -> Settings:
-    """Settings pointed at the session's servers (defaults, or the environment's for env)."""
+    """Settings pointed at the session's servers (defaults, or the environment's for env);
+    immutable, so one per session."""
     base = load_settings(env=os.environ if servers.source.startswith("env") else {})
     return base.replace(
         kafka={"bootstrap_servers": servers.bootstrap_servers},

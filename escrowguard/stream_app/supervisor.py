@@ -21,6 +21,7 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
 
 from escrowguard.errors import InfraError
 from escrowguard.infra.admin import _admin
@@ -226,3 +227,45 @@ def wait_caught_up(
                 f"({progress.committed:,}/{progress.total:,} committed)"
             )
         time.sleep(poll_s)
+
+
+def rewind_group(settings: Settings, group: str | None = None, offset: int = 0) -> int:
+    """Set the group's committed offset of every input partition to ``offset`` (redelivery
+    on purpose, e.g. to test idempotency). Run it with the group's workers stopped.
+
+    It joins the group and commits as a member: the embedded broker refuses an admin
+    OffsetCommit (``alter_group_offsets``) with UNKNOWN_MEMBER_ID for as long as a member
+    that died without leaving is remembered, which is indefinitely (docs/infra.md).
+    Returns the number of partitions rewound.
+    """
+    k = settings.kafka
+    topics = input_topics(settings.topics)
+    marks = high_watermarks(settings, topics)
+    consumer = KafkaConsumer(
+        **client_options(k, client_suffix="rewind"),
+        group_id=group or k.consumer_group,
+        enable_auto_commit=False,
+        session_timeout_ms=k.session_timeout_ms,
+        heartbeat_interval_ms=k.heartbeat_interval_ms,
+        max_poll_interval_ms=k.max_poll_interval_ms,
+        fetch_max_wait_ms=k.fetch_max_wait_ms,
+    )
+    try:
+        consumer.subscribe(topics)
+        wanted = {TopicPartition(t, p) for t, p in marks}
+        deadline = time.monotonic() + k.rebalance_timeout_ms / 1000 * 2
+        while set(consumer.assignment()) != wanted:
+            if time.monotonic() > deadline:
+                raise InfraError("could not join the group to rewind it: are workers running?")
+            consumer.poll(timeout_ms=200, max_records=1)
+        consumer.commit(
+            {
+                TopicPartition(t, p): OffsetAndMetadata(min(offset, high), "", -1)
+                for (t, p), high in marks.items()
+            }
+        )
+    except KafkaError as exc:
+        raise InfraError(f"rewinding the group failed: {exc}", "broker_unavailable") from exc
+    finally:
+        consumer.close(autocommit=False)
+    return len(marks)

@@ -343,3 +343,50 @@ def test_servers_die_with_their_killed_parent() -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait(10)
+
+
+_DIE_IN_GROUP = r"""
+import os, sys
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+bootstrap, topic, group = sys.argv[1:4]
+consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                         session_timeout_ms=6000, heartbeat_interval_ms=1000)
+consumer.subscribe([topic])
+while not consumer.assignment():
+    consumer.poll(200)
+consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(7, "", -1)})
+os._exit(0)  # no LeaveGroup: a crashed member
+"""
+
+
+def test_admin_offset_commit_is_refused_after_a_member_died(settings: Settings) -> None:
+    """Broker caveat: a member that died without leaving is never expired for admin commits,
+    so `alter_group_offsets` answers UNKNOWN_MEMBER_ID (we waited 60 s: 10 session timeouts);
+    committing as a fresh member of the group works (`supervisor.rewind_group`)."""
+    from kafka import KafkaAdminClient
+    from kafka.structs import OffsetAndMetadata
+
+    from escrowguard.stream_app.supervisor import committed_offsets, rewind_group
+
+    tag = f"t{uuid.uuid4().hex[:10]}"
+    scoped = settings.replace(topics={"prefix": f"{tag}.", "partitions": 1})
+    create_topics(scoped)
+    topic = input_topics(scoped.topics)[0]
+    _produce(scoped, topic, [b"x"] * 10)
+    group = f"{tag}-group"
+    bootstrap = scoped.kafka.bootstrap_servers
+    subprocess.run([sys.executable, "-c", _DIE_IN_GROUP, bootstrap, topic, group], check=True)
+    assert committed_offsets(scoped, group) == {(topic, 0): 7}
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        time.sleep(scoped.kafka.session_timeout_ms / 1000 * 2)  # well past the session timeout
+        result = admin.alter_group_offsets(
+            group, {TopicPartition(topic, 0): OffsetAndMetadata(0, "", -1)}
+        )
+    finally:
+        admin.close()
+    assert result[TopicPartition(topic, 0)].__name__ == "UnknownMemberIdError"
+    assert committed_offsets(scoped, group) == {(topic, 0): 7}
+    assert rewind_group(scoped, group) == len(input_topics(scoped.topics))
+    assert committed_offsets(scoped, group)[(topic, 0)] == 0
