@@ -200,10 +200,13 @@ def from_us(us: int) -> datetime:
 # --- decoding ---------------------------------------------------------------------------
 
 _STRICT = msgspec.json.Decoder(AnyEvent)
+#: Any JSON, non-integer numbers kept exact (for ``unknown_fields="ignore"``).
+_EXACT_ANY = msgspec.json.Decoder(float_hook=Decimal)
+_CENT = Decimal("0.01")
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
 _KEY_OR_STRING = re.compile(rb'("(?:[^"\\]|\\.)*")(\s*:)?', re.S)
 _AT_FIELD = re.compile(r"at `\$\.([A-Za-z_]+)`")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _WHITESPACE = b" \t\r\n"
 _FIELDS: Final[dict[type[Event], tuple[str, ...]]] = {t: t.__struct_fields__ for t in EVENT_TYPES}
 _ID_FIELDS: Final[dict[type[Event], tuple[str, ...]]] = {
@@ -253,6 +256,8 @@ def decode(
         if unknown_fields == "ignore" and str(exc).startswith("Object contains unknown field"):
             event = _decode_ignoring_unknown(data)
         else:
+            # a repeated key can make msgspec report something else (a second event_type)
+            _check_duplicate_keys(list(_KEY_OR_STRING.finditer(data)))
             raise _translate(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise DecodeError(Reason.NOT_JSON, f"message is not JSON: {exc}") from None
@@ -267,14 +272,17 @@ def decode(
 
 
 def _decode_ignoring_unknown(data: bytes) -> AnyEvent:
-    obj = msgspec.json.decode(data)
+    try:
+        obj = _EXACT_ANY.decode(data)
+    except msgspec.DecodeError as exc:
+        raise DecodeError(Reason.NOT_JSON, f"message is not JSON: {exc}") from None
     tag = obj.get("event_type") if isinstance(obj, dict) else None
     cls = EVENT_TYPE_BY_NAME.get(tag) if isinstance(tag, str) else None
     if cls is None:
         raise _translate("Invalid value - at `$.event_type`")
     known = {k: v for k, v in obj.items() if k in cls.__struct_fields__ or k == "event_type"}
     try:
-        return _STRICT.decode(msgspec.json.encode(known))
+        return _STRICT.decode(_ENCODER.encode(known))
     except msgspec.ValidationError as exc:
         raise _translate(str(exc)) from None
 
@@ -298,14 +306,18 @@ def _check_keys(data: bytes, cls: type[Event]) -> None:
                 raise _string_money(name)
         return
     tokens = list(_KEY_OR_STRING.finditer(data))
-    keys = [m.group(1) for m in tokens if m.group(2)]
-    if len(keys) != len(set(keys)):
-        raise DecodeError(Reason.DUPLICATE_KEY, "a key appears more than once in the object")
+    _check_duplicate_keys(tokens)
     for i, m in enumerate(tokens[:-1]):
         if m.group(2) and m.group(1)[1:-1].decode() in money:
             nxt = tokens[i + 1]
             if not nxt.group(2) and data[m.end() : nxt.start()].strip() == b"":
                 raise _string_money(m.group(1)[1:-1].decode())
+
+
+def _check_duplicate_keys(tokens: list[re.Match[bytes]]) -> None:
+    keys = [m.group(1) for m in tokens if m.group(2)]
+    if len(keys) != len(set(keys)):
+        raise DecodeError(Reason.DUPLICATE_KEY, "a key appears more than once in the object")
 
 
 def _string_money(name: str) -> DecodeError:
@@ -315,13 +327,27 @@ def _string_money(name: str) -> DecodeError:
 def _check_money(value: Decimal, name: str) -> None:
     cents = value * 100
     if cents <= 0:
-        raise DecodeError(Reason.NON_POSITIVE_MONEY, f"{name} must be > 0, got {value}", name)
-    if cents >= MAX_MONEY_CENTS:
-        raise DecodeError(Reason.MONEY_TOO_LARGE, f"{name} is implausibly large: {value}", name)
-    if cents != cents.to_integral_value():
         raise DecodeError(
-            Reason.MONEY_PRECISION, f"{name} has more than two decimal places: {value}", name
+            Reason.NON_POSITIVE_MONEY, f"{name} must be > 0, got {_shown(value)}", name
         )
+    if cents >= MAX_MONEY_CENTS:
+        raise DecodeError(
+            Reason.MONEY_TOO_LARGE, f"{name} is implausibly large: {_shown(value)}", name
+        )
+    # exact, unlike ``cents`` (rounded to 28 digits): the quotient fits, the value is < 1e11
+    if value % _CENT:
+        raise DecodeError(
+            Reason.MONEY_PRECISION,
+            f"{name} has more than two decimal places: {_shown(value)}",
+            name,
+        )
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """``value`` for an error message: escaped (no control characters reach a log line)
+    and cut to ``limit`` characters (a message never echoes a payload)."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _translate(message: str) -> DecodeError:
@@ -338,8 +364,10 @@ def _translate(message: str) -> DecodeError:
         return DecodeError(Reason.NOT_OBJECT, "message is not a JSON object")
     if field == "event_type":
         if message.startswith("Invalid value"):
-            value = message.split("'")[1] if "'" in message else ""
-            return DecodeError(Reason.UNKNOWN_EVENT_TYPE, f"unknown event_type '{value}'", field)
+            value = message.partition("'")[2].rpartition("' - at")[0]
+            return DecodeError(
+                Reason.UNKNOWN_EVENT_TYPE, f"unknown event_type {_shown(value)}", field
+            )
         return DecodeError(Reason.WRONG_TYPE, "event_type must be a string", field)
     if field == "schema_version" and message.startswith("Invalid"):
         return DecodeError(
