@@ -30,10 +30,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	@if $(BIN)/escrowguard generate --help >/dev/null 2>&1; then \
-		$(BIN)/escrowguard generate --out out/demo; \
-	fi
-	$(BIN)/escrowguard infra check
+	$(BIN)/escrowguard demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)

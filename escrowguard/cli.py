@@ -643,14 +643,15 @@ def demo_cmd(ctx: Context, out_dir: Path, seed: int, scale: float, no_progress: 
     """
     from escrowguard.demo import run_demo
 
-    # the demo prints its own story; library INFO lines (the worker's are in its log) would
-    # bury it. ESCROWGUARD_LOGGING__LEVEL=INFO still shows them.
+    settings = ctx.settings  # loads them and installs logging at their level ...
+    # ... but the demo prints its own story: library INFO lines (the worker's go to its log)
+    # would bury it. ESCROWGUARD_LOGGING__LEVEL=INFO still shows them.
     if "ESCROWGUARD_LOGGING__LEVEL" not in os.environ:
         configure_logging("WARNING")
-        logging.getLogger("kafka").setLevel(logging.ERROR)
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)  # close races log ERRORs
     try:
         run_demo(
-            ctx.settings, out_dir, seed=seed, scale=scale, echo=click.echo, progress=not no_progress
+            settings, out_dir, seed=seed, scale=scale, echo=click.echo, progress=not no_progress
         )
     except KeyboardInterrupt:
         click.echo("interrupted: servers and worker stopped", err=True)

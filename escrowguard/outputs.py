@@ -153,12 +153,15 @@ def freeze_id(milestone_id: str) -> str:
     return make_id("fz", milestone_id)
 
 
+#: ``model_version`` of a release: decided by a person, not a model.
+MANUAL_MODEL_VERSION: Final = "manual"
+
+
 def build_release(
     freeze_id: str,
     project_id: str,
     milestone_id: str,
     reason: str,
-    model_version: str,
     now: datetime,
 ) -> PayoutFreeze:
     """A manual-review release of a freeze (same ``freeze_id`` as the freeze it ends)."""
@@ -172,5 +175,5 @@ def build_release(
         alert_ids=[],
         occurred_at=now,
         emitted_at=now,
-        model_version=model_version,
+        model_version=MANUAL_MODEL_VERSION,
     )

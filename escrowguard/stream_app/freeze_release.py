@@ -28,8 +28,6 @@ from escrowguard.topics import PAYOUT_FREEZES, output_topic
 
 logger = logging.getLogger(__name__)
 
-#: ``model_version`` of a release decided by a person, not a model.
-MANUAL_MODEL_VERSION: Final = "manual"
 SEND_TIMEOUT_S: Final = 30.0
 
 
@@ -95,7 +93,6 @@ def release_freeze(
         project_id,
         milestone_id,
         reason.strip(),
-        MANUAL_MODEL_VERSION,
         now or datetime.now(UTC),
     )
     _send(settings, topic, release)

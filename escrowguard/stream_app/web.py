@@ -25,7 +25,7 @@ from faust.web import Request, Response, View
 
 from escrowguard.errors import DecodeError, EscrowguardError
 from escrowguard.events import PledgeCreated, decode
-from escrowguard.outputs import build_release
+from escrowguard.outputs import build_release, freeze_id
 from escrowguard.stream_app.ordering import UNBOUNDED, Pending, Position
 
 if TYPE_CHECKING:
@@ -122,12 +122,20 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
                 req = msgspec.json.decode(await request.read(), type=ReleaseRequest)
             except msgspec.DecodeError as exc:
                 return self.json({"error": str(exc)}, status=400)
+            if freeze_id(req.milestone_id) != req.freeze_id or not req.reason.strip():
+                return self.json(
+                    {
+                        "error": f"{req.freeze_id} is not the freeze of milestone "
+                        f"{req.milestone_id}, or the reason is empty",
+                        "reason": "invalid_release",
+                    },
+                    status=400,
+                )
             release = build_release(
                 req.freeze_id,
                 req.project_id,
                 req.milestone_id,
-                req.reason,
-                runtime.models.version,
+                req.reason.strip(),
                 datetime.now(UTC),
             )
             await runtime.publisher.send_all([release])
