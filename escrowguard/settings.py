@@ -380,10 +380,10 @@ def _check(s: Settings) -> None:
         )
     else:
         need(
-            not (k.sasl_username or k.sasl_password),
-            "kafka.sasl_username",
-            f"SASL credentials are set but kafka.security_protocol is {k.security_protocol}: "
-            "set it to SASL_PLAINTEXT or SASL_SSL, or remove the credentials",
+            not (k.sasl_mechanism or k.sasl_username or k.sasl_password),
+            "kafka.sasl_mechanism" if k.sasl_mechanism else "kafka.sasl_username",
+            f"SASL settings are set but kafka.security_protocol is {k.security_protocol}: "
+            "set it to SASL_PLAINTEXT or SASL_SSL, or remove them",
         )
     r = s.redis
     need(
