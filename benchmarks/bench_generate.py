@@ -55,7 +55,7 @@ def run_cli(out: Path, seed: int, scale: float) -> tuple[float, int]:
     command = [
         sys.executable,
         "-m",
-        "escrowguard.cli",
+        "escrowguard",
         "generate",
         "--out",
         str(out),

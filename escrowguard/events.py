@@ -36,7 +36,7 @@ Id = Annotated[
     msgspec.Meta(
         min_length=1,
         max_length=MAX_ID_LENGTH,
-        extra_json_schema={"pattern": "^[^\\u0000-\\u001f\\u007f]+$"},
+        extra_json_schema={"pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"},
         description="1-64 characters, no control characters",
     ),
 ]
@@ -111,7 +111,7 @@ class MilestoneCreated(Event, frozen=True, tag="milestone_created"):
     key_field: ClassVar[str] = "project_id"
     project_id: Id
     milestone_id: Id
-    index: int
+    index: Annotated[int, msgspec.Meta(extra_json_schema={"minimum": 1})]
     funding_amount: Money
     voting_opens_at: Timestamp
     voting_closes_at: Timestamp
