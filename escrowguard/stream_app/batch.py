@@ -52,6 +52,7 @@ class BatchLoop:
             **aiokafka_consumer(s.kafka, group or s.kafka.consumer_group)
         )
         self._paused: set[TopicPartition] = set()
+        runtime.worker.after_batch = self._commit
 
     async def start(self) -> None:
         """Start the runtime and the consumer; join the group."""
@@ -179,16 +180,23 @@ class BatchLoop:
                 log_event(log, "commit_failed", logging.WARNING, error=str(exc))
 
     def _flow_control(self) -> None:
-        """Bounded buffer: pause partitions ahead in event time while it is full."""
+        """Bounded buffer: pause partitions ahead in event time while it is full.
+
+        Once full, and until it drains to half, the paused set follows the laggards after
+        every batch: the partition holding the frontier back changes as events are decided,
+        and it must be the one fetched (else nothing more can be decided: a deadlock)."""
         buffer = self.runtime.worker.buffer
         assigned = self.consumer.assignment()
-        if buffer.over_capacity():
+        self._paused &= assigned  # a rebalance took the others (and their pause) away
+        if buffer.over_capacity() or (self._paused and len(buffer) >= buffer.max_events // 2):
             keep = buffer.laggards()
             pause = {tp for tp in assigned if (tp.topic, tp.partition) not in keep}
             if pause - self._paused:
                 self.consumer.pause(*(pause - self._paused))
-                self._paused |= pause
-        elif self._paused and len(buffer) < buffer.max_events // 2:
+            if self._paused - pause:
+                self.consumer.resume(*(self._paused - pause))
+            self._paused = pause
+        elif self._paused:
             self.consumer.resume(*self._paused)
             self._paused.clear()
 
