@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -118,6 +118,10 @@ class ScoringWorker:
         self._processed_max = -(2**62)
         self._published: dict[str, int] = {}
         self._last_log_s = 0.0
+        # Called after every decided batch: the batch consumer commits there, so draining a
+        # long backlog does not hold every commit back until the whole drain ends (a worker
+        # killed every few batches of a backlog would otherwise never commit anything).
+        self.after_batch: Callable[[], Awaitable[None]] | None = None
 
     # --- partitions ---
 
@@ -223,6 +227,8 @@ class ScoringWorker:
                 self.buffer.requeue(candidates)
                 raise
             decided += n
+            if n and self.after_batch is not None:
+                await self.after_batch()
             if waiting:
                 return decided  # waiting for the frontier: nothing more to do now
 
