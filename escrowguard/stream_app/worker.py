@@ -28,6 +28,7 @@ from escrowguard.outputs import Alert, AnyOutput, DeadLetter, MilestoneDecision,
 from escrowguard.reasons import Reason
 from escrowguard.settings import Settings
 from escrowguard.stream_app.emit import dead_letter
+from escrowguard.stream_app.faults import kill_point
 from escrowguard.stream_app.metrics import Metrics
 from escrowguard.stream_app.ordering import (
     UNBOUNDED,
@@ -267,6 +268,7 @@ class ScoringWorker:
                 fresh_max = max((p.t_us for p in processed), default=self._processed_max)
                 self.buffer.mark_decided(processed)
                 try:
+                    kill_point("before_store")
                     labels = await self.store.write(
                         outcome.writes,
                         {tp_key(tp): t for tp, t in self.buffer.frontiers(now_s).items()},
@@ -274,6 +276,7 @@ class ScoringWorker:
                         {tp_key(tp): off for tp, off in self.buffer.applied_offsets().items()},
                         labels_key=f"labels:{self.processor.models.version}",
                     )
+                    kill_point("after_store")
                     outputs += outcome.outputs
                     for note in outcome.dead_letters:
                         p = note.pending
@@ -287,6 +290,7 @@ class ScoringWorker:
                     # failure leaves it as it was, and the retry decides the same batch
                     # again (now as redeliveries) and re-sends the same ids.
                     await self.sender.send_all(outputs)
+                    kill_point("after_emit", outputs)
                 except BaseException:
                     self.buffer.unmark_decided(processed)
                     raise
