@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from mode import Service
 
+from escrowguard.errors import StoreError
 from escrowguard.kafka_config import aiokafka_consumer
 from escrowguard.logs import log_event
 from escrowguard.stream_app.runtime import Runtime
@@ -109,7 +110,7 @@ class BatchLoop:
         self.runtime.store.cache.clear()
         self.consumer.pause(*tps)
         try:
-            stored = await self.runtime.store.positions()
+            stored = await self._stored_positions()
             unsent = self.runtime.worker.buffer.commit_offsets()
             positions = {}
             for tp in tps:
@@ -127,6 +128,18 @@ class BatchLoop:
             logging.WARNING,
             resume=",".join(f"{t}:{p}@{o}" for (t, p), o in sorted(positions.items())),
         )
+
+    async def _stored_positions(self) -> dict[str, int]:
+        """Redis's positions, retried with backoff (a restarted Redis answers "loading"
+        until it has read its append-only file back)."""
+        delay = self.runtime.settings.redis.retry_backoff_initial_s
+        while True:
+            try:
+                return await self.runtime.store.positions()
+            except StoreError as exc:
+                log_event(log, "rewind_retry", logging.WARNING, error=exc.message, retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.runtime.settings.redis.retry_backoff_max_s)
 
     async def step(self) -> int:
         """Fetch one batch, decide what the frontier allows, commit. Returns messages read."""

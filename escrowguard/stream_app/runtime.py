@@ -101,6 +101,10 @@ class Runtime:
             try:
                 if failed:
                     await self._check_store_restart()
+                    if self.store_restarted:
+                        # decide nothing more on the restarted Redis before the consumer
+                        # rewinds to the positions it still holds (BatchLoop.step)
+                        return 0
                 self.maybe_reload()
                 n = await self.worker.drain(time.monotonic(), datetime.now(UTC))
                 self.healthy = True
@@ -141,4 +145,5 @@ class Runtime:
             )
             self.redis_run_id = run_id
             self.store.cache.clear()
+            self.worker.store_restarted()
             self.store_restarted = True

@@ -135,6 +135,14 @@ class ScoringWorker:
         self.buffer.revoke(tps)
         self._dead = [(d, p) for d, p in self._dead if p[:2] not in set(tps)]
 
+    def store_restarted(self) -> None:
+        """Redis restarted, maybe without its last second of writes: forget what this worker
+        learnt from it (the latest event time applied, bandit posteriors, the frontiers last
+        published), so the events replayed into it are not taken for late ones."""
+        self._processed_max = -(2**62)
+        self._bandit = {}
+        self._published = {}
+
     # --- intake ---
 
     def ingest(
