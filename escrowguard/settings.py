@@ -301,11 +301,17 @@ def _resolve_secret_files(raw: dict[str, Any]) -> None:
                     f"both {section}.{secret} and {section}.{file_key} are set: choose one"
                 )
             try:
-                raw[section][secret] = Path(path).read_text().strip()
+                value = Path(path).read_text().strip()
             except OSError as exc:
                 raise ConfigError(
                     f"{section}.{file_key}: cannot read {path}: {exc.strerror}"
                 ) from None
+            if not value:
+                # an empty file would silently turn the secret off (no API key: no auth)
+                raise ConfigError(
+                    f"{section}.{file_key}: {path} is empty (a half-configured secret)"
+                )
+            raw[section][secret] = value
 
 
 def _secret_hook(kind: type, value: Any) -> Any:
