@@ -51,10 +51,12 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
     async def guard(view: View, request: Request) -> tuple[str, Response | None]:
         """Authenticate and rate-limit; returns (client id, error response or None)."""
         if api_key:
-            given = request.headers.get("X-API-Key", "")
-            if not hmac.compare_digest(given.encode(), api_key.reveal().encode()):
+            # the header's own bytes (a non-UTF-8 value arrives as surrogate escapes: a
+            # wrong key, never a 500)
+            given = request.headers.get("X-API-Key", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, api_key.reveal().encode()):
                 return "", view.json({"error": "missing or wrong X-API-Key"}, status=401)
-            client = "key-" + hashlib.sha256(given.encode()).hexdigest()[:16]
+            client = "key-" + hashlib.sha256(given).hexdigest()[:16]
         else:
             client = "ip-" + str(getattr(request, "remote", None) or "unknown")
         try:
