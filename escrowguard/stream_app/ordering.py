@@ -95,6 +95,7 @@ class _LazyMin:
 
 class _Partition:
     __slots__ = (
+        "fetched_s",
         "highwater",
         "last_data_s",
         "max_t_us",
@@ -109,6 +110,7 @@ class _Partition:
         self.next_offset = start_offset
         self.highwater: int | None = None
         self.last_data_s = now_s
+        self.fetched_s = now_s  # when a fetch response last told its high watermark
         self.waiting = _LazyMin()  # (event time, offset) of events not decided yet
         self.waiting_offsets = _LazyMin()  # the same events, by offset
         self.unfinished = _LazyMin()  # offsets of messages whose outputs are not sent yet
@@ -160,6 +162,7 @@ class ReorderBuffer:
         part = self._parts.get(tp)
         if part is not None and highwater is not None:
             part.highwater = highwater
+            part.fetched_s = now_s
 
     def accepts(self, pos: Position, strict_offsets: bool = True) -> bool:
         """Whether a fetched message is new for this worker: its partition is owned and
@@ -213,7 +216,11 @@ class ReorderBuffer:
 
     def _idle(self, part: _Partition, now_s: float) -> bool:
         caught_up = part.highwater is not None and part.next_offset >= part.highwater
-        return caught_up and now_s - part.last_data_s >= self.idle_s
+        # idle: fetches kept finding nothing new for idle_s. Time the worker itself spent
+        # not fetching (Redis down, a slow batch) says nothing about the partition: judged
+        # on the clock alone, every partition looked idle after a stall and the frontier
+        # ran past messages still in Kafka (too_late / unknown_* dead letters).
+        return caught_up and part.fetched_s - part.last_data_s >= self.idle_s
 
     def take_candidates(self, limit: int, bound: int) -> list[Pending]:
         """Pop up to ``limit`` events in processing order with time <= ``bound``. Give the
