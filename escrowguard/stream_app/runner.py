@@ -69,7 +69,9 @@ def rebuild_state(
     """Rebuild Redis feature state by replaying the input topics from their beginning.
 
     For a Redis that lost its data (no persistence, or a lost volume): run this with the
-    workers stopped, then start them again. It reads every input partition from the start
+    workers stopped, then start them again. It first deletes the namespace's keys (what a
+    worker wrote after the loss was decided against missing state, and its positions would
+    make the rebuild skip the history), then reads every input partition from the start
     in a consumer group of its own (the workers' committed offsets stay as they are),
     decides every event (state only: outputs are counted, not sent), stores Redis's
     positions, and stops once every partition is read to its end. The workers then resume
@@ -87,6 +89,8 @@ async def _rebuild(
     runtime = Runtime(settings, bundle)
     silent = _Silent()
     runtime.worker.sender = silent
+    cleared = await runtime.store.clear()
+    log_event(log, "state_cleared", keys=cleared)
     group = f"{settings.kafka.consumer_group}-rebuild-{int(time.time())}"
     loop = BatchLoop(runtime, group=group)
     await loop.start()

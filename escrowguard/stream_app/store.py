@@ -267,6 +267,19 @@ class RedisStore:
         info = await self._call("ping", self.client.info("server"))
         return str(info.get("run_id", ""))
 
+    async def clear(self) -> int:
+        """Delete every key of this namespace (``rebuild-state`` starts from nothing: what a
+        worker wrote after Redis lost its data is wrong); returns how many were deleted."""
+
+        async def scan() -> list[Any]:
+            return [k async for k in self.client.scan_iter(match=f"{self.prefix}:*", count=1000)]
+
+        keys = await self._call("clear", scan())
+        deleted = 0
+        for start in range(0, len(keys), 500):
+            deleted += await self._call("clear", self.client.delete(*keys[start : start + 500]))
+        return deleted
+
     async def register_partitions(self, tps: Iterable[str]) -> None:
         """Make every input partition hold the frontier back until its owner reports."""
         key = f"{self.prefix}:frontier"
