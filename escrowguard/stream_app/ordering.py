@@ -295,8 +295,13 @@ class ReorderBuffer:
         return len(self._heap) >= self.max_events
 
     def laggards(self) -> set[TopicPartition]:
-        """Partitions holding the frontier back (lowest event time): keep fetching these."""
-        if not self._parts:
-            return set()
-        lowest = min(p.max_t_us for p in self._parts.values())
-        return {tp for tp, p in self._parts.items() if p.max_t_us == lowest}
+        """Partitions holding the frontier back (lowest event time): keep fetching these.
+
+        Idle partitions hold nothing back (``own_bound`` skips them): were one of them the
+        "laggard", the partition really holding the frontier would stay paused, nothing
+        more could be decided, and the buffer would never drain (a deadlock)."""
+        active = {tp: p for tp, p in self._parts.items() if not self._idle(p, 0.0)}
+        if not active:
+            return set(self._parts)
+        lowest = min(p.max_t_us for p in active.values())
+        return {tp for tp, p in active.items() if p.max_t_us == lowest}
