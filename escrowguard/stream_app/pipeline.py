@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -73,6 +74,8 @@ DAY_US: Final = 86_400 * 1_000_000
 _PLEDGE_INDEX: Final = {name: i for i, name in enumerate(PLEDGE_FEATURES)}
 _VOTE_INDEX: Final = {name: i for i, name in enumerate(VOTE_FEATURES)}
 _ANOMALY_COLUMNS: Final = [_PLEDGE_INDEX[name] for name in ANOMALY_FEATURES]
+#: After-vote feature rows kept for the next vote of the same milestone (its "before").
+VOTE_ROWS_KEPT: Final = 8192
 
 
 class ModelSet(Protocol):
@@ -184,6 +187,7 @@ class BatchProcessor:
         self.bandit = bandit
         self.monitor: Monitor | None = None  # per-worker drift and online evaluation
         self._retrain_sent: set[str] = set()
+        self._vote_rows: OrderedDict[tuple[object, ...], list[float]] = OrderedDict()
 
     def monitor_alerts(self, labels_total: int, wall: datetime) -> list[Alert]:
         """Operational alerts: drift, and retraining once enough new labels arrived."""
@@ -496,9 +500,10 @@ class BatchProcessor:
         this = VoteRecord(
             pending.t_us, event.event_id, event.backer_id, event.approve, event.vote_weight
         )
+        votes = [*ctx.votes, this]
         after = vote_state_features(
             pending.t_us,
-            [*ctx.votes, this],
+            votes,
             ctx.milestone,
             ctx.project,
             ctx.project_pledges,
@@ -507,16 +512,28 @@ class BatchProcessor:
         )
         before = None
         if ctx.votes:
+            # the state after the previous vote: usually that vote's own "after" row
             last = ctx.votes[-1]
-            before = vote_state_features(
-                last.t_us,
-                ctx.votes,
-                ctx.milestone,
-                ctx.project,
-                _before(ctx.project_pledges, last.t_us),
-                _before(ctx.resolutions, last.t_us),
-                self.windows,
-            )
+            pledges = _before(ctx.project_pledges, last.t_us)
+            resolutions = _before(ctx.resolutions, last.t_us)
+            key = _vote_state_key(ctx.milestone.milestone_id, ctx.votes, pledges, resolutions)
+            before = self._vote_rows.get(key)
+            if before is None:
+                before = vote_state_features(
+                    last.t_us,
+                    ctx.votes,
+                    ctx.milestone,
+                    ctx.project,
+                    pledges,
+                    resolutions,
+                    self.windows,
+                )
+        key = _vote_state_key(
+            ctx.milestone.milestone_id, votes, ctx.project_pledges, ctx.resolutions
+        )
+        self._vote_rows[key] = after
+        if len(self._vote_rows) > VOTE_ROWS_KEPT:
+            self._vote_rows.popitem(last=False)
         return _VoteJob(pending, event, ctx.milestone, after, before, redelivery)
 
     def _score_votes(
@@ -694,6 +711,26 @@ class BatchProcessor:
         if self.monitor is not None and eval_rows:
             probs = self.models.risk(np.asarray(eval_rows, dtype=np.float64))
             self.monitor.observe_outcomes(eval_labels, probs)
+
+
+def _vote_state_key(
+    milestone_id: str,
+    votes: Sequence[VoteRecord],
+    pledges: Sequence[Any],
+    resolutions: Sequence[ResolutionRecord],
+) -> tuple[object, ...]:
+    """Names the inputs of ``vote_state_features`` exactly: logs are sorted by (time, event
+    id) and read as prefixes (or the newest-N window of one), so the same length and last
+    entry mean the same list (as ``features.index_pledges`` keys its cache)."""
+    return (
+        milestone_id,
+        len(votes),
+        votes[-1].event_id if votes else "",
+        len(pledges),
+        pledges[-1].event_id if pledges else "",
+        len(resolutions),
+        resolutions[-1].event_id if resolutions else "",
+    )
 
 
 def _before(records: Sequence[Any], t_us: int) -> Sequence[Any]:
