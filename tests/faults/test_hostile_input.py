@@ -493,6 +493,7 @@ def test_hostile_messages_are_dead_lettered_and_the_valid_events_decided_as_with
     assert len(run.outputs.dead_letters) == len(want)  # at-least-once, but one run, no restart
     # the valid events were decided exactly as in a clean run
     ids = id_sets(run.outputs)
+    print(f"\nhostile run: {len(want)} dead letters, {len(duplicates)} duplicates; {ids.sizes()}")
     assert ids == clean, describe_difference(ids, clean)
     # and the in-process reference (used where a second real run would cost too much)
     # agrees with the clean run
