@@ -95,6 +95,7 @@ class _LazyMin:
 
 class _Partition:
     __slots__ = (
+        "caught_up_since",
         "fetched_s",
         "highwater",
         "last_data_s",
@@ -111,6 +112,7 @@ class _Partition:
         self.highwater: int | None = None
         self.last_data_s = now_s
         self.fetched_s = now_s  # when a fetch response last told its high watermark
+        self.caught_up_since: float | None = None  # first of the fetches finding nothing new
         self.waiting = _LazyMin()  # (event time, offset) of events not decided yet
         self.waiting_offsets = _LazyMin()  # the same events, by offset
         self.unfinished = _LazyMin()  # offsets of messages whose outputs are not sent yet
@@ -163,6 +165,10 @@ class ReorderBuffer:
         if part is not None and highwater is not None:
             part.highwater = highwater
             part.fetched_s = now_s
+            if part.next_offset < highwater:
+                part.caught_up_since = None
+            elif part.caught_up_since is None:
+                part.caught_up_since = now_s
 
     def accepts(self, pos: Position, strict_offsets: bool = True) -> bool:
         """Whether a fetched message is new for this worker: its partition is owned and
@@ -199,6 +205,7 @@ class ReorderBuffer:
     def _seen(part: _Partition, offset: int, now_s: float) -> None:
         part.next_offset = max(part.next_offset, offset + 1)
         part.last_data_s = now_s
+        part.caught_up_since = None
 
     # --- release ---
 
@@ -215,12 +222,13 @@ class ReorderBuffer:
         return bound
 
     def _idle(self, part: _Partition, now_s: float) -> bool:
-        caught_up = part.highwater is not None and part.next_offset >= part.highwater
-        # idle: fetches kept finding nothing new for idle_s. Time the worker itself spent
-        # not fetching (Redis down, a slow batch) says nothing about the partition: judged
-        # on the clock alone, every partition looked idle after a stall and the frontier
-        # ran past messages still in Kafka (too_late / unknown_* dead letters).
-        return caught_up and part.fetched_s - part.last_data_s >= self.idle_s
+        # idle: fetches kept finding nothing new for idle_s, counted from the first of them.
+        # Time the worker itself spent not fetching (Redis down, a slow batch) says nothing
+        # about the partition: judged from the last data on the clock alone, partitions
+        # looked idle after every stall and the frontier ran past messages still in Kafka
+        # (too_late / unknown_* dead letters).
+        since = part.caught_up_since
+        return since is not None and part.fetched_s - since >= self.idle_s
 
     def take_candidates(self, limit: int, bound: int) -> list[Pending]:
         """Pop up to ``limit`` events in processing order with time <= ``bound``. Give the
@@ -295,13 +303,16 @@ class ReorderBuffer:
         return len(self._heap) >= self.max_events
 
     def laggards(self) -> set[TopicPartition]:
-        """Partitions holding the frontier back (lowest event time): keep fetching these.
+        """Partitions to keep fetching while the buffer is full: those holding the frontier
+        back (lowest event time among the non-idle ones), and the idle ones.
 
         Idle partitions hold nothing back (``own_bound`` skips them): were one of them the
         "laggard", the partition really holding the frontier would stay paused, nothing
         more could be decided, and the buffer would never drain (a deadlock)."""
-        active = {tp: p for tp, p in self._parts.items() if not self._idle(p, 0.0)}
+        idle = {tp for tp, p in self._parts.items() if self._idle(p, 0.0)}
+        active = {tp: p for tp, p in self._parts.items() if tp not in idle}
         if not active:
             return set(self._parts)
         lowest = min(p.max_t_us for p in active.values())
-        return {tp for tp, p in active.items() if p.max_t_us == lowest}
+        # idle partitions stay fetched too: paused, their high watermark would go stale
+        return idle | {tp for tp, p in active.items() if p.max_t_us == lowest}
