@@ -2,16 +2,16 @@
 
 One worker on the session's servers, default configuration:
 
-1. capacity: the first 40,000 events of a large generated history (seed 7, scale 45) are
-   produced at full speed and the worker's decided-and-committed rate is measured while it
-   works through them;
+1. capacity: the first 40,000 events of a large generated history (seed 7, scale 70:
+   ~740k events, enough for a capacity up to ~5.8k events/s) are produced at full speed and
+   the worker's decided-and-committed rate is measured while it works through them;
 2. burst: the next ``2 x capacity x 60`` events are offered by a producer paced to twice
    that capacity (``conftest_hostile.offer``), so a backlog builds up for 60 s;
 3. drain: the producer stops and the group catches up.
 
 Properties (each an assertion): the worker stays up and healthy; a backlog really built up
 (the worker was overloaded); its reorder buffer never holds more than
-``worker.reorder_buffer_max_events`` (+ one fetch) events (sampled from ``/metrics``); its
+``worker.reorder_buffer_max_events`` (+ four fetches) events (sampled from ``/metrics``); its
 peak resident memory (``VmHWM``) stays under a bound derived from the configuration (below);
 the lag drains to zero; every produced message is committed; no dead letter; and the
 alert/freeze/decision ids equal those of a clean run of the same input (decided in process
@@ -34,10 +34,9 @@ milestone grow with them). With the default 100,000-event buffer: 195 + 32 + 128
 ``worker.stream_buffer_maxsize`` bounds Faust's per-stream queues on the agent path only;
 the batch path (the default) does not use them.
 
-Open bug (not fixed here): with a reorder buffer small enough for flow control to pause
-partitions during the run (``EG_LOAD_REORDER_BUFFER=25000``), 30-40 valid events of the
-~200k were dead-lettered (``too_late``, ``not_a_backer``, ``unknown_backer``): some path of
-the pause/resume flow control still lets the frontier run past unfetched messages.
+``EG_LOAD_REORDER_BUFFER=25000`` runs the same test with a buffer small enough for flow
+control to pause partitions for most of the burst (it found the stall and the lost events
+fixed in ``ordering.py``; docs/security.md).
 """
 
 from __future__ import annotations
@@ -78,10 +77,11 @@ __all__ = ["trained_bundle"]
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 BURST_S = 60.0
+HISTORY_SCALE = 70.0
 OVERLOAD = 2.0
 CAPACITY_EVENTS = 40_000
-#: the configured reorder buffer (default 100,000); EG_LOAD_REORDER_BUFFER=25000 reproduces
-#: the open flow-control bug described in the module docstring
+#: the configured reorder buffer (default 100,000); EG_LOAD_REORDER_BUFFER=25000 runs the
+#: test with flow control pausing partitions for most of the burst (module docstring)
 REORDER_BUFFER_EVENTS = int(os.environ.get("EG_LOAD_REORDER_BUFFER", "0")) or None
 EVENT_BUFFER_BYTES = 2 * 1024
 STATE_SLACK_BYTES = 128 * 1024 * 1024
@@ -127,7 +127,7 @@ class Sampler(threading.Thread):
 def test_twice_the_capacity_for_a_minute_bounded_memory_drains_loses_nothing(
     settings: Settings, trained_bundle: TrainedBundle, tmp_path: Path
 ) -> None:
-    lines = generate_history(7, 45.0).events
+    lines = generate_history(7, HISTORY_SCALE).events
     run = namespace(settings, trained_bundle)
     if REORDER_BUFFER_EVENTS:
         run = run.replace(worker={"reorder_buffer_max_events": REORDER_BUFFER_EVENTS})
@@ -192,10 +192,11 @@ def test_twice_the_capacity_for_a_minute_bounded_memory_drains_loses_nothing(
     assert health["http_status"] == 200, health
     # the worker was overloaded: a backlog built up during the burst
     assert at_burst_end.lag >= 0.2 * len(burst_lines), FIGURES
-    # bounded buffers: the reorder buffer overshoots its limit by one fetch at most, and the
-    # whole process stays under the bound derived from the configuration
+    # bounded buffers: the reorder buffer overshoots its limit by a few fetches at most (flow
+    # control acts between fetches, and the partitions it keeps fetching, the laggards and
+    # the idle ones, may still deliver), and the process stays under the stated bound
     assert sampler.buffered and max(sampler.buffered) <= (
-        run.worker.reorder_buffer_max_events + run.worker.batch_max_events
+        run.worker.reorder_buffer_max_events + 4 * run.worker.batch_max_events
     ), FIGURES
     assert peak_kib <= bound_kib, FIGURES
     assert drained.lag == 0 and drained.total == produced == drained.committed, FIGURES
