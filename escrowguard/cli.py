@@ -656,3 +656,132 @@ def demo_cmd(ctx: Context, out_dir: Path, seed: int, scale: float, no_progress: 
     except KeyboardInterrupt:
         click.echo("interrupted: servers and worker stopped", err=True)
         sys.exit(130)
+
+
+@main.command("bench")
+@click.option(
+    "--events",
+    type=click.IntRange(min=1000),
+    default=200_000,
+    show_default=True,
+    help="Events generated, replayed and drained by each consumer.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where the result JSON goes (default: OUT/bench.json; details beside it).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("out/bench"),
+    show_default=True,
+    help="Events, bundle, logs and profiles of the run.",
+)
+@click.option(
+    "--bootstrap-servers", help="Kafka to use (else KAFKA_BOOTSTRAP_SERVERS, else embedded)."
+)
+@click.option("--redis-url", help="Redis to use (else REDIS_URL, else embedded).")
+@click.option(
+    "--load-seconds",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="Duration of each offered-load level (25/50/80% of the worker's rate).",
+)
+@click.option(
+    "--naive-events",
+    type=click.IntRange(min=1),
+    default=4_000,
+    show_default=True,
+    help="Events the naive scorer gets (every k-th of the N: the same mix).",
+)
+@click.option(
+    "--naive-seconds",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="At most this long for the naive scorer.",
+)
+@click.option(
+    "--two-worker-seconds",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="At most this long for the two-worker phase (measured over what it decided).",
+)
+@click.option(
+    "--consumption",
+    type=click.Choice(["batch", "agent"]),
+    help="The worker's consumption path (default: worker.consumption).",
+)
+@click.option(
+    "--profile", is_flag=True, help="Sample the single worker with py-spy (OUT/profile-*)."
+)
+@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True)
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@pass_ctx
+@friendly_errors
+def bench_cmd(
+    ctx: Context,
+    events: int,
+    json_path: Path | None,
+    out_dir: Path,
+    bootstrap_servers: str | None,
+    redis_url: str | None,
+    load_seconds: float,
+    naive_events: int,
+    naive_seconds: float,
+    two_worker_seconds: float,
+    consumption: str | None,
+    profile: bool,
+    seed: int,
+    no_progress: bool,
+) -> None:
+    """Measure the scorer against a bare Faust agent and a naive scorer (docs/performance.md).
+
+    Prints the table and writes the JSON; exits 1 when the result is incomplete."""
+    from rich.console import Console
+
+    from escrowguard.bench.harness import BenchOptions, run_bench
+    from escrowguard.bench.report import cpu_lines, problems, result_table
+
+    settings = ctx.settings  # loads them and installs logging at their level ...
+    # ... but the bench prints its own table: library INFO lines (the workers' go to their
+    # logs in OUT/run/) would bury it. ESCROWGUARD_LOGGING__LEVEL=INFO still shows them.
+    if "ESCROWGUARD_LOGGING__LEVEL" not in os.environ:
+        configure_logging("WARNING")
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)  # close races log ERRORs
+    if bootstrap_servers:
+        settings = settings.replace(kafka={"bootstrap_servers": bootstrap_servers})
+    if redis_url:
+        settings = settings.replace(redis={"url": redis_url})
+    options = BenchOptions(
+        events=events,
+        out_dir=out_dir,
+        json_path=json_path,
+        seed=seed,
+        load_seconds=load_seconds,
+        naive_events=naive_events,
+        naive_seconds=naive_seconds,
+        two_worker_seconds=two_worker_seconds,
+        consumption=consumption,
+        profile=profile,
+        progress=not no_progress,
+    )
+    try:
+        run = run_bench(settings, options)
+    except KeyboardInterrupt:
+        click.echo("interrupted: servers and processes stopped", err=True)
+        sys.exit(130)
+    Console().print(result_table(run["result"], run["details"]))
+    for line in cpu_lines(run["details"]):
+        click.echo(line)
+    click.echo(f"json: {run['json']}")
+    found = problems(run["result"])
+    for problem in found:
+        click.echo(f"incomplete: {problem}", err=True)
+    if found:
+        sys.exit(1)
