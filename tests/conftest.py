@@ -30,10 +30,10 @@ from escrowguard.infra import (
     free_port,
     kafka_answers,
     redis_answers,
-    redis_client,
     wait_until,
 )
 from escrowguard.settings import Settings, load_settings
+from tests.redis_state import drop_namespace_keys
 
 KAFKA_IMAGE = "apache/kafka:3.9.1"
 REDIS_IMAGE = "redis:7.4-alpine"
@@ -151,13 +151,7 @@ def topic_namespace(settings: Settings) -> Iterator[Settings]:
     namespaced = settings.replace(topics={"prefix": f"{tag}."}, redis={"key_prefix": tag})
     create_topics(namespaced)
     yield namespaced
-    client = redis_client(namespaced.redis)
-    try:
-        keys = list(client.scan_iter(match=f"{tag}:*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
-    finally:
-        client.close()
+    drop_namespace_keys(namespaced)
 
 
 @pytest.fixture

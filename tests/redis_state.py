@@ -7,6 +7,9 @@ from typing import Any
 
 import redis
 
+from escrowguard.infra import redis_client
+from escrowguard.settings import Settings
+
 #: Key suffixes that are not feature state: rate-limit buckets (they follow the wall clock
 #: and HTTP traffic, not the event history).
 NOT_STATE = (":rate:",)
@@ -38,3 +41,14 @@ def redis_state(
         elif kind != "none":  # "none": expired between SCAN and TYPE
             raise AssertionError(f"unexpected Redis type {kind} for {key}")
     return state
+
+
+def drop_namespace_keys(settings: Settings) -> None:
+    """Delete every Redis key of a namespace (tests clean up after themselves)."""
+    client = redis_client(settings.redis)
+    try:
+        keys = list(client.scan_iter(match=f"{settings.redis.key_prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()

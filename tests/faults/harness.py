@@ -64,17 +64,6 @@ def fresh_namespace(settings: Settings, *, partitions: int | None = None) -> Set
     return scoped
 
 
-def drop_namespace_keys(settings: Settings) -> None:
-    """Delete every Redis key of a namespace (tests clean up after themselves)."""
-    client = redis_client(settings.redis)
-    try:
-        keys = list(client.scan_iter(match=f"{settings.redis.key_prefix}:*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
-    finally:
-        client.close()
-
-
 @dataclass(frozen=True)
 class HistoryFile:
     """A generated history on disk."""
