@@ -20,10 +20,10 @@ from tests.faults.harness import (
     HistoryFile,
     RunResult,
     clean_run,
-    drop_namespace_keys,
     fresh_namespace,
     make_history,
 )
+from tests.redis_state import drop_namespace_keys
 
 REPLAY_SEED = 7
 

@@ -37,12 +37,12 @@ from tests.faults.harness import (
     check_against_clean,
     clean_run,
     collect,
-    drop_namespace_keys,
     fresh_namespace,
     make_history,
     metric,
     wait_for,
 )
+from tests.redis_state import drop_namespace_keys
 
 pytestmark = pytest.mark.slow
 

@@ -26,12 +26,12 @@ from tests.faults.harness import (
     RunResult,
     check_against_clean,
     collect,
-    drop_namespace_keys,
     fresh_namespace,
     metric,
     time_cuts,
     wait_for,
 )
+from tests.redis_state import drop_namespace_keys
 
 pytestmark = pytest.mark.slow
 

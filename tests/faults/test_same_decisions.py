@@ -20,9 +20,9 @@ from tests.faults.harness import (
     RunResult,
     check_against_clean,
     clean_run,
-    drop_namespace_keys,
     fresh_namespace,
 )
+from tests.redis_state import drop_namespace_keys
 
 pytestmark = pytest.mark.slow
 
