@@ -14,6 +14,7 @@ from rich.table import Table
 from escrowguard.errors import BundleError
 from escrowguard.models import plots
 from escrowguard.models.bundle import Bundle
+from escrowguard.models.train import METRIC_KEYS
 
 #: The seed report's figures (its table; approximate ones marked ~ there).
 SEED_REPORT: Final = {
@@ -31,18 +32,7 @@ REPORT_NAME: Final = "report.md"
 #: Training phases, in the order they run (the manifest stores them sorted by name).
 PHASES: Final = ("history", "success", "risk", "segments", "anomaly", "recommender", "analyses")
 #: Metrics a bundle must carry to be reported on.
-REPORTED_KEYS: Final = (
-    "history",
-    "success",
-    "risk",
-    "segments",
-    "anomaly",
-    "recommender",
-    "pareto",
-    "ab_test",
-    "bandit",
-    "goals",
-)
+REPORTED_KEYS: Final = tuple(key for key in METRIC_KEYS if key != "timing_s")
 
 
 def _num(value: Any, fmt: str = ".3f") -> str:
