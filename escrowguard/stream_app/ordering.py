@@ -20,6 +20,7 @@ comes in as arguments; nothing here reads a clock.
 from __future__ import annotations
 
 import heapq
+import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, NamedTuple
 
@@ -39,8 +40,19 @@ class Position(NamedTuple):
     offset: int
 
     def text(self) -> str:
-        """``topic:partition:offset``, as stored with an event id for de-duplication."""
+        """``topic:partition:offset``."""
         return f"{self.topic}:{self.partition}:{self.offset}"
+
+    def tag(self) -> str:
+        """What is stored with an event id for de-duplication: a CRC-32 of ``text()``.
+
+        It tells a redelivery (same id, same position) from a duplicate (same id, another
+        position). Ten digits instead of a topic name and two numbers: Redis keeps it as an
+        integer, and the de-duplication entries were the biggest state per entity
+        (docs/performance.md). A duplicate whose position collides (one in 2**32) is taken for
+        a redelivery: decided again with the stored state, and its outputs keep their ids.
+        """
+        return str(zlib.crc32(self.text().encode()))
 
 
 TopicPartition = tuple[str, int]

@@ -114,7 +114,7 @@ class MissingBanditDays(Exception):  # noqa: N818 - a request, not a failure
 class EventRead:
     """What the store returned for one event: its dedupe record and as-of context."""
 
-    seen: str | None  # "topic:partition:offset" recorded when it was applied, if it was
+    seen: str | None  # the position tag (``Position.tag``) recorded when it was applied, if it was
     context: object
 
 
@@ -244,7 +244,7 @@ class BatchProcessor:
         in_batch: set[str] = set()
         for pending, read in zip(eligible, reads.events, strict=True):
             event = pending.event
-            position = pending.pos.text()
+            position = pending.pos.tag()
             redelivery = False
             if event.event_id in in_batch:
                 out.duplicates += 1  # the same event id twice within one batch

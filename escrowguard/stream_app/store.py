@@ -45,7 +45,6 @@ from escrowguard.models.records import (
     decode_milestone_ref,
     decode_project,
     encode_backer,
-    encode_milestone,
     encode_milestone_ref,
     encode_pledge,
     encode_project,
@@ -75,6 +74,16 @@ _KIND: Final = {
 }
 _DECODE = msgspec.msgpack.Decoder()
 _ENCODE = msgspec.msgpack.Encoder()
+#: StoreError reason: the namespace's state marker is not the one this store decides against
+#: (state_marker.py); the write script's refusal carries MARKER_ERROR.
+MARKER_CHANGED: Final = "state_marker_changed"
+MARKER_ERROR: Final = "ESCROWGUARD_STATE_MARKER"
+_FINISH_REBUILD: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for _, tp in ipairs(redis.call('HKEYS', KEYS[2])) do redis.call('HSET', KEYS[2], tp, ARGV[3]) end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
 
 
 def key_prefix(settings: Settings) -> str:
@@ -221,6 +230,10 @@ class RedisStore:
         self.settings = settings
         self.dedupe = DedupeScheme(settings.worker.dedupe_ttl_s * 1_000_000 // 3)
         self.cache = PrefixCache()
+        # The state marker this store decides against (state_marker.py): reads raise
+        # StoreError("state_marker_changed") and writes are refused unless Redis still holds
+        # it. None: not checked (tools and tests that drive the store directly).
+        self.marker: str | None = None
         self.client = aioredis.from_url(
             r.url,
             username=r.username or None,
@@ -258,6 +271,11 @@ class RedisStore:
                 f"Redis unreachable during {what}: {exc}", "store_unavailable"
             ) from exc
         except redis_errors.ResponseError as exc:
+            if MARKER_ERROR in str(exc):
+                raise StoreError(
+                    f"Redis no longer holds the state marker {self.marker!r} ({what}): {exc}",
+                    MARKER_CHANGED,
+                ) from exc
             raise StoreError(f"Redis rejected {what}: {exc}", "store_rejected") from exc
         except redis_errors.RedisError as exc:
             raise StoreError(f"Redis failed during {what}: {exc}") from exc
@@ -279,6 +297,41 @@ class RedisStore:
         for start in range(0, len(keys), 500):
             deleted += await self._call("clear", self.client.delete(*keys[start : start + 500]))
         return deleted
+
+    async def get_marker(self) -> str | None:
+        """The namespace's state marker (None when Redis holds none)."""
+        raw = await self._call("marker", self.client.get(f"{self.prefix}:marker"))
+        return None if raw is None else _text(raw)
+
+    async def create_marker(self, marker: str) -> str:
+        """Mark the namespace's state unless it already is; returns the marker it holds
+        (another worker starting at the same moment may have won)."""
+        key = f"{self.prefix}:marker"
+        await self._call("marker", self.client.set(key, marker, nx=True))
+        return _text(await self._call("marker", self.client.get(key)))
+
+    async def set_marker(self, marker: str) -> None:
+        """Overwrite the marker (``rebuild-state``: "rebuilding:<id>" before it writes)."""
+        await self._call("marker", self.client.set(f"{self.prefix}:marker", marker))
+
+    async def finish_rebuild(self, rebuilding: str, marker: str) -> bool:
+        """End of ``rebuild-state``: if the marker is still ``rebuilding``, reset every
+        partition's frontier (each holds the others back until its owner reports again, as
+        on a fresh deployment) and mark the state whole, atomically. False when the marker
+        changed meanwhile (Redis lost data again, or another rebuild started)."""
+        done = await self._call(
+            "finish rebuild",
+            self.client.eval(
+                _FINISH_REBUILD,
+                2,
+                f"{self.prefix}:marker",
+                f"{self.prefix}:frontier",
+                rebuilding,
+                marker,
+                str(-(2**62)),
+            ),
+        )
+        return bool(done)
 
     async def register_partitions(self, tps: Iterable[str]) -> None:
         """Make every input partition hold the frontier back until its owner reports."""
@@ -323,7 +376,13 @@ class RedisStore:
             ]
         )
         raw = await self._call("read", self._read(args=[payload]))
-        frontier, pmax, rows, bandit_rows = _DECODE.decode(raw)
+        frontier, pmax, rows, bandit_rows, *rest = _DECODE.decode(raw)
+        if self.marker is not None:
+            current = (_text(rest[0]) or None) if rest else None
+            if current != self.marker:
+                raise StoreError(
+                    f"Redis holds state marker {current!r}, not {self.marker!r}", MARKER_CHANGED
+                )
         events = []
         for pending, row in zip(candidates, rows, strict=False):
             seen = _text(row[0]) or None
@@ -388,7 +447,6 @@ class RedisStore:
                         m.t_us,
                         m.event_id,
                         m.project_id,
-                        encode_milestone(m),
                     ]
                 )
         payload = _ENCODE.encode(
@@ -409,6 +467,7 @@ class RedisStore:
                 writes.labels,
                 self._ttls,
                 self._trims,
+                self.marker,
             ]
         )
         result = await self._call("write", self._write(args=[payload]))

@@ -13,7 +13,7 @@
 --  10 max members per log read (newest kept)
 --  11 gate: false reads every candidate regardless of the frontier (on-demand scoring)
 --  12 bandit days to read in any case
--- Returns msgpack {F, processed_max, events, bandit}: only candidates with t <= F are read
+-- Returns msgpack {F, processed_max, events, bandit, marker}: only candidates with t <= F are read
 -- (the global event-time frontier, docs/ordering.md), each as {seen, data...}. A log comes
 -- back as ONE string, entries "score\31member" joined by "\30" (cheap to split in Python);
 -- a prefix log as {count as of t, first index sent, entries from there}.
@@ -37,6 +37,9 @@ if req[11] then
   end
 end
 local pmax = tonumber(redis.call('HGET', P .. ':meta', 'processed_max') or '-4611686018427387904')
+-- the namespace's state marker (false when Redis lost it): the caller checks it is the one it
+-- decides against (stream_app/state_marker.py)
+local marker = redis.call('GET', P .. ':marker') or false
 
 local function fmt(x) return string.format('%.0f', x) end
 local function joined(flat)
@@ -52,6 +55,18 @@ local function before(key, lo, t)
       'LIMIT', n - max_members, max_members))
   end
   return joined(redis.call('ZRANGEBYSCORE', key, lo and fmt(lo) or '-inf', hi, 'WITHSCORES'))
+end
+-- a project's milestones: its log holds milestone ids; each record lives once, in its own key
+-- (already "t\31event_id\31..." text: the same shape as a log entry)
+local function milestones(project, t)
+  local ids = redis.call('ZRANGEBYSCORE', P .. ':pm:' .. project, '-inf', '(' .. fmt(t),
+    'LIMIT', 0, max_members)
+  local parts = {}
+  for _, mid in ipairs(ids) do
+    local ref = redis.call('GET', P .. ':m:' .. mid)
+    if ref then parts[#parts + 1] = ref end
+  end
+  return table.concat(parts, '\30')
 end
 local sent = {}
 local function prefix(key, t, have)
@@ -109,7 +124,7 @@ for _, c in ipairs(cands) do
     row[5] = prefix(P .. ':pp:' .. b, t, have_pp)
     row[6] = before(P .. ':wc:' .. w, nil, t)
     row[7] = before(P .. ':wp:' .. w, t - wallet_us, t)
-    row[8] = before(P .. ':pm:' .. b, nil, t)
+    row[8] = milestones(b, t)
   else
     local mref = redis.call('GET', P .. ':m:' .. b) or false
     row[2] = mref
@@ -117,7 +132,7 @@ for _, c in ipairs(cands) do
     row[4] = prefix(P .. ':pp:' .. a, t, have_pp)
     row[5] = prefix(P .. ':mv:' .. b, t, have_mv)
     row[6] = before(P .. ':pr:' .. a, nil, t)
-    if kind == 6 then row[7] = before(P .. ':pm:' .. a, nil, t) end
+    if kind == 6 then row[7] = milestones(a, t) end
     if kind == 5 then want_day(mref) end
   end
   out[#out + 1] = row
@@ -144,4 +159,4 @@ for day, _ in pairs(wanted) do
   bandit[#bandit + 1] = flat
 end
 
-return cmsgpack.pack({F, pmax, out, bandit})
+return cmsgpack.pack({F, pmax, out, bandit, marker})

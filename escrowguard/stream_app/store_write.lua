@@ -3,10 +3,10 @@
 --
 -- ARGV[1] is a msgpack array:
 --   1 prefix
---   2 seen        {event_id, shard, gen, "topic:partition:offset"}
+--   2 seen        {event_id, shard, gen, position tag (CRC-32 of "topic:partition:offset")}
 --   3 backers     {backer_id, text, t_us, event_id}
 --   4 projects    {project_id, text, t_us, event_id, creator_id, creator_wallet}
---   5 milestones  {milestone_id, text, t_us, event_id, project_id, member}
+--   5 milestones  {milestone_id, text, t_us, event_id, project_id}
 --   6 pledges     {t_us, member, backer_id, project_id, source_wallet}
 --   7 votes       {t_us, member, milestone_id}
 --   8 resolutions {t_us, member, project_id, milestone_id, approved}
@@ -17,12 +17,17 @@
 --  13 labels key ("" for none)  14 new labels
 --  15 ttls {ref_s, seen_s, backer_s, wallet_s}
 --  16 trims {backer_history_us, wallet_us, bandit outcomes kept (us)}
+--  17 the state marker the batch was decided against (nil: not checked); when Redis holds
+--     another one (or none: it lost its data) nothing is written (stream_app/state_marker.py)
 -- Returns the label counter after the increment (0 when no key).
 local req = cmsgpack.unpack(ARGV[1])
 local P = req[1]
 local ref_ttl, seen_ttl, backer_ttl, wallet_ttl = req[15][1], req[15][2], req[15][3], req[15][4]
 local hist_us, wallet_us, res_keep_us = req[16][1], req[16][2], req[16][3]
 local function fmt(x) return string.format('%.0f', x) end
+if req[17] and redis.call('GET', P .. ':marker') ~= req[17] then
+  return redis.error_reply('ESCROWGUARD_STATE_MARKER changed: nothing written')
+end
 
 -- reference data: one record per id, the earliest (t, event_id) wins
 local function keep_earliest(key, text, t, eid)
@@ -53,8 +58,10 @@ for _, p in ipairs(req[4]) do
 end
 for _, m in ipairs(req[5]) do
   keep_earliest(P .. ':m:' .. m[1], m[2], m[3], m[4])
+  -- the project's milestone log holds ids (short: Redis keeps it compact); the record is in
+  -- its own key, and its time is the earliest, like the record
   local pm = P .. ':pm:' .. m[5]
-  redis.call('ZADD', pm, fmt(m[3]), m[6])
+  redis.call('ZADD', pm, 'LT', fmt(m[3]), m[1])
   redis.call('EXPIRE', pm, ref_ttl)
 end
 for _, p in ipairs(req[6]) do
