@@ -108,6 +108,7 @@ class WorkerSettings(_Section, frozen=True):
     batch_max_events: int
     batch_max_wait_ms: int
     reorder_buffer_max_events: int
+    prefix_cache_max_entries: int
     idle_partition_ms: int
     max_future_skew_s: int
     max_message_bytes: int
@@ -350,6 +351,7 @@ def _check(s: Settings) -> None:
         "worker.reorder_buffer_max_events",
         "must be >= worker.batch_max_events",
     )
+    need(s.worker.prefix_cache_max_entries >= 0, "worker.prefix_cache_max_entries", "must be >= 0")
     need(s.worker.max_message_bytes >= 1024, "worker.max_message_bytes", "must be >= 1024")
     need(s.worker.dedupe_ttl_s >= 3600, "worker.dedupe_ttl_s", "must be >= 3600")
     need(1 <= s.http.port <= 65535, "http.port", "must be a TCP port (1-65535)")

@@ -112,12 +112,14 @@ class PrefixCache:
 
     Once read as of an event inside the frontier, the first ``n`` entries of a log never
     change (nothing earlier can be applied any more: docs/ordering.md), so the worker keeps
-    them and asks Redis only for entries past what it holds. Bounded: least recently used
-    logs are dropped (and fetched in full next time).
+    them and asks Redis only for entries past what it holds. Bounded by entries, not logs
+    (a log's length is unbounded): least recently used logs are dropped, and fetched in full
+    the next time they are read.
     """
 
-    def __init__(self, max_logs: int = 50_000) -> None:
-        self.max_logs = max_logs
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self.max_entries = max_entries
+        self.entries = 0
         self._logs: OrderedDict[str, list[Any]] = OrderedDict()
 
     def have(self, key: str) -> int:
@@ -127,19 +129,36 @@ class PrefixCache:
 
     def extend(self, key: str, start: int, tail: list[Any]) -> list[Any]:
         """Held entries up to ``start`` plus ``tail``; returns the log."""
-        log = self._logs.get(key, [])
-        if tail:
-            log = log[:start] + tail
+        log = self._logs.get(key)
+        if log is None:
+            log = []
+            if not tail:
+                return log
             self._logs[key] = log
-        if key in self._logs:
+        else:
             self._logs.move_to_end(key)
-            if len(self._logs) > self.max_logs:
-                self._logs.popitem(last=False)
+        if tail:
+            if start > len(log):
+                raise StoreError(f"prefix cache lost entries of {key} within one read")
+            self.entries -= len(log)
+            if start == len(log):
+                log.extend(tail)  # the usual case: append in place, no copy of the prefix
+            else:
+                log[start:] = tail
+            self.entries += len(log)
         return log
+
+    def trim(self) -> None:
+        """Drop least recently used logs down to the bound. Called between reads only: the
+        entries one read sends for a log assume the cache still holds what it had."""
+        while self.entries > self.max_entries and self._logs:
+            _, dropped = self._logs.popitem(last=False)
+            self.entries -= len(dropped)
 
     def clear(self) -> None:
         """Forget everything (e.g. the store restarted and may have lost data)."""
         self._logs.clear()
+        self.entries = 0
 
 
 def _candidate(p: Pending, dedupe: DedupeScheme, cache: PrefixCache) -> list[Any]:
@@ -229,7 +248,7 @@ class RedisStore:
         self.windows = windows
         self.settings = settings
         self.dedupe = DedupeScheme(settings.worker.dedupe_ttl_s * 1_000_000 // 3)
-        self.cache = PrefixCache()
+        self.cache = PrefixCache(settings.worker.prefix_cache_max_entries)
         # The state marker this store decides against (state_marker.py): reads raise
         # StoreError("state_marker_changed") and writes are refused unless Redis still holds
         # it. None: not checked (tools and tests that drive the store directly).
@@ -388,6 +407,7 @@ class RedisStore:
             seen = _text(row[0]) or None
             ctx = decode_context(pending.event, row, cache)
             events.append(EventRead(seen, _as_of_project(ctx, pending.event)))
+        cache.trim()
         bandit: dict[int, dict[str, tuple[int, int]]] = {}
         for flat in bandit_rows:
             counts = {}

@@ -280,6 +280,7 @@ THRESHOLDS_0_1 = [
             {"WORKER__BATCH_MAX_EVENTS": "2000", "WORKER__REORDER_BUFFER_MAX_EVENTS": "1999"},
             "worker.reorder_buffer_max_events",
         ),
+        ({"WORKER__PREFIX_CACHE_MAX_ENTRIES": "-1"}, "worker.prefix_cache_max_entries"),
         ({"WORKER__MAX_MESSAGE_BYTES": "1023"}, "worker.max_message_bytes"),
         ({"WORKER__DEDUPE_TTL_S": "3599"}, "worker.dedupe_ttl_s"),
         ({"HTTP__PORT": "0"}, "http.port"),
