@@ -609,7 +609,7 @@ def freezes_release_cmd(
 @pass_ctx
 @friendly_errors
 def rebuild_state_cmd(ctx: Context, bundle: Path | None) -> None:
-    """Rebuild Redis feature state from the input topics (run with the workers stopped)."""
+    """Rebuild Redis feature state from the input topics (paused workers resume after it)."""
     from escrowguard.stream_app.runner import rebuild_state
 
     summary = rebuild_state(

@@ -5,7 +5,9 @@ commits each partition up to its first message whose outputs are not sent yet, a
 partitions that run ahead in event time while the reorder buffer is full. It resumes each
 partition from the earlier of Kafka's commit and Redis's stored position, so a Redis that
 lost its last writes (restart without the last second of its append-only file) is replayed
-into, not skipped; it does the same when it sees Redis restart mid-stream.
+into, not skipped; it does the same when it sees Redis restart mid-stream. While Redis has
+lost the state (``Runtime.state_lost``) every partition stays paused (the worker stays in the
+group and fetches nothing); once a whole state is marked again it rewinds the same way.
 
 Two users: ``BatchConsumer``, the Faust service of a running worker, and
 ``rebuild_state``, which replays the input topics into an empty Redis and stops.
@@ -81,7 +83,8 @@ class BatchLoop:
             positions = await self._resume_positions(tps)
             self.runtime.worker.assign(positions, time.monotonic())
         finally:
-            self.consumer.resume(*(set(tps) - self._paused))
+            if self.runtime.state_lost is None:  # else they stay paused: nothing is decided
+                self.consumer.resume(*(set(tps) - self._paused))
         log_event(
             log,
             "partitions_assigned",
@@ -161,6 +164,13 @@ class BatchLoop:
                 (tp.topic, tp.partition), self.consumer.highwater(tp), now_s
             )
         await self.runtime.decide(messages)
+        if self.runtime.state_lost is not None:
+            # decide nothing, fetch nothing (the buffer would only grow); rewound later
+            held = set(self.consumer.assignment()) - self.consumer.paused()
+            if held:
+                self.consumer.pause(*held)
+            self._lag()
+            return len(messages)
         if self.runtime.store_restarted:
             self.runtime.store_restarted = False
             await self.rewind_to_store()

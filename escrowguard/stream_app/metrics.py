@@ -42,6 +42,10 @@ _HELP: Final = {
     "escrowguard_store_errors_total": ("counter", "Redis calls that failed and were retried."),
     "escrowguard_publish_errors_total": ("counter", "Kafka sends that failed and were retried."),
     "escrowguard_batch_failures_total": ("counter", "Batches that raised unexpectedly, retried."),
+    "escrowguard_redis_state_lost": (
+        "gauge",
+        "1 while Redis has lost the state and nothing is decided (run rebuild-state), else 0.",
+    ),
 }
 
 

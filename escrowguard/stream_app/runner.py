@@ -12,13 +12,14 @@ from pathlib import Path
 
 import faust
 
-from escrowguard.errors import ConfigError
+from escrowguard.errors import ConfigError, StoreError
 from escrowguard.logs import configure_logging, log_event
 from escrowguard.outputs import AnyOutput
 from escrowguard.settings import Settings
 from escrowguard.stream_app.app import create_app
 from escrowguard.stream_app.batch import BatchLoop
 from escrowguard.stream_app.runtime import Runtime
+from escrowguard.stream_app.state_marker import REBUILDING, new_marker_id
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +69,17 @@ def rebuild_state(
 ) -> RebuildSummary:
     """Rebuild Redis feature state by replaying the input topics from their beginning.
 
-    For a Redis that lost its data (no persistence, or a lost volume): run this with the
-    workers stopped, then start them again. It first deletes the namespace's keys (what a
-    worker wrote after the loss was decided against missing state, and its positions would
-    make the rebuild skip the history), then reads every input partition from the start
-    in a consumer group of its own (the workers' committed offsets stay as they are),
-    decides every event (state only: outputs are counted, not sent), stores Redis's
-    positions, and stops once every partition is read to its end. The workers then resume
-    from the earlier of their commit and Redis's position (docs/reliability.md).
+    For a Redis that lost its data (no persistence, a lost volume, ``FLUSHALL``). It first
+    deletes the namespace's keys (anything written after the loss is wrong, and positions
+    would make the rebuild skip the history) and marks the state "rebuilding" (workers
+    decide nothing meanwhile: ``state_marker.py``), then reads every input partition from
+    the start in a consumer group of its own (the workers' committed offsets stay as they
+    are), decides every event (state only: outputs are counted, not sent), stores Redis's
+    positions, and stops once every partition is read to its end; last, it marks the state
+    whole. Workers paused on the lost state then rewind to Redis's positions and go on (a
+    stopped worker started later resumes from the earlier of its commit and Redis's
+    position): the events they had not decided are decided then, their outputs sent
+    (docs/reliability.md).
     """
     if not settings.kafka.bootstrap_servers or not settings.redis.url:
         raise ConfigError("rebuild-state needs KAFKA_BOOTSTRAP_SERVERS and REDIS_URL")
@@ -86,11 +90,15 @@ async def _rebuild(
     settings: Settings, bundle: Path | None, progress: Callable[[int], None] | None
 ) -> RebuildSummary:
     started = time.perf_counter()
-    runtime = Runtime(settings, bundle)
+    runtime = Runtime(settings, bundle, rebuild=True)
     silent = _Silent()
     runtime.worker.sender = silent
     cleared = await runtime.store.clear()
-    log_event(log, "state_cleared", keys=cleared)
+    marker = new_marker_id()
+    rebuilding = REBUILDING + marker
+    await runtime.store.set_marker(rebuilding)
+    runtime.store.marker = rebuilding
+    log_event(log, "state_cleared", keys=cleared, marker=rebuilding)
     group = f"{settings.kafka.consumer_group}-rebuild-{int(time.time())}"
     loop = BatchLoop(runtime, group=group)
     await loop.start()
@@ -111,7 +119,13 @@ async def _rebuild(
                     break
             else:
                 quiet_since = None
+        if not await runtime.store.finish_rebuild(rebuilding, marker):
+            raise StoreError(
+                "the state marker changed during the rebuild (Redis lost data again, or another "
+                "rebuild-state started): run `escrowguard rebuild-state` again",
+                "redis_state_lost",
+            )
     finally:
         await loop.stop()
-    log_event(log, "state_rebuilt", events=decided, outputs_suppressed=silent.count)
+    log_event(log, "state_rebuilt", events=decided, outputs_suppressed=silent.count, marker=marker)
     return RebuildSummary(decided, silent.count, time.perf_counter() - started)

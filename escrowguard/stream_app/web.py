@@ -1,6 +1,8 @@
 """HTTP views of a worker (Faust web, bound to loopback unless configured otherwise).
 
-- ``GET /health``: 200 when the worker has decided a batch since its last failure, else 503.
+- ``GET /health``: 200 when the worker has decided a batch since its last failure, else 503;
+  503 with ``redis_state_lost`` (the reason and the action to take) while Redis has lost the
+  state and the worker decides nothing (``state_marker.py``).
 - ``GET /metrics``: Prometheus text.
 - ``POST /score/pledge``: score one pledge (wire-format JSON) on demand, without writing or
   emitting anything; rate limited per client with a token bucket in Redis.
@@ -27,6 +29,7 @@ from escrowguard.errors import DecodeError, EscrowguardError
 from escrowguard.events import PledgeCreated, decode
 from escrowguard.outputs import build_release, freeze_id
 from escrowguard.stream_app.ordering import UNBOUNDED, Pending, Position
+from escrowguard.stream_app.state_marker import ACTION
 
 if TYPE_CHECKING:
     from escrowguard.stream_app.runtime import Runtime
@@ -80,7 +83,12 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
                 "model_version": runtime.models.version,
                 **status,
             }
-            return self.json(body, status=200 if runtime.healthy else 503)
+            if runtime.state_lost is not None:
+                body["status"] = "redis_state_lost"
+                body["reason"] = runtime.state_lost
+                body["action"] = ACTION
+            healthy = runtime.healthy and runtime.state_lost is None
+            return self.json(body, status=200 if healthy else 503)
 
     @app.page("/metrics")
     class Metrics(View):
@@ -110,7 +118,10 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
             pending = Pending(
                 event, Position("http", 0, 0), event.occurred_us, time.monotonic(), body
             )
-            reads = await runtime.store.read([pending], [], UNBOUNDED, (), gate=False)
+            try:
+                reads = await runtime.store.read([pending], [], UNBOUNDED, (), gate=False)
+            except EscrowguardError as exc:  # Redis down, or its state lost: no score
+                return self.json({"error": str(exc), "reason": exc.reason}, status=503)
             result = runtime.processor.score_pledge_now(pending, reads.events[0].context)
             return self.json(result)
 

@@ -46,6 +46,7 @@ EXCLUDED_KEYS: dict[str, str] = {
     "pos": "per-partition next offsets: compared with the high watermarks instead "
     "(assert_positions_at_end), and they name partitions",
     "rate:": "HTTP rate-limit buckets: wall clock and HTTP traffic, not the event history",
+    "marker": "the state marker: a random id per state created (state_marker.py)",
 }
 #: TTLs are not dumped: every EXPIRE is relative to the wall clock of the write.
 

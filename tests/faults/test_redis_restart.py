@@ -6,10 +6,15 @@
    gracefully. The worker must wait and retry with backoff (it never exits;
    ``escrowguard_store_errors_total`` > 0), notice the new server, resume from the positions
    Redis still holds, and end with the clean run's state and ids.
-2. No persistence: Redis loses everything. The documented procedure (docs/reliability.md):
-   stop the workers, ``escrowguard rebuild-state`` (replays the input topics into the empty
-   Redis, sends nothing), start the workers. After it and the rest of the history: the clean
-   run's state, and not one output id beyond the clean run's.
+2. No persistence: Redis loses everything, and the worker is restarted. It finds no state
+   marker while its group has committed offsets: it decides nothing and reports the loss;
+   ``escrowguard rebuild-state`` (replays the input topics into the empty Redis, sends
+   nothing, marks the state) runs while it waits, and it resumes by itself. After it and
+   the rest of the history: the clean run's state, ids and messages.
+3. ``FLUSHALL`` on the same server while a worker runs, then more events: none of them is
+   decided against the empty state (nothing scored, committed or written), the loss is
+   reported (log, /health, metric); ``rebuild-state`` with the worker running; the worker
+   resumes, and the run ends equal to the clean run (the held-back events decided then).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from escrowguard.infra import EmbeddedServers, redis_client
 from escrowguard.infra.embedded import settings_for
 from escrowguard.settings import Settings, settings_env
 from escrowguard.stream_app.store import key_prefix
-from escrowguard.stream_app.supervisor import WorkerProcess, wait_caught_up
+from escrowguard.stream_app.supervisor import WorkerProcess, committed_offsets, wait_caught_up
 from tests.faults.harness import (
     BackgroundReplay,
     HistoryFile,
@@ -38,10 +43,8 @@ from tests.faults.harness import (
     RunResult,
     check_against_clean,
     collect,
-    compare_outputs,
     fresh_namespace,
     metric,
-    state_diff,
     time_cuts,
     wait_for,
 )
@@ -162,6 +165,40 @@ def _rebuild_state(s: Settings, bundle: Path, log_path: Path) -> float:
     return time.monotonic() - started
 
 
+def _lost(worker: WorkerProcess) -> float:
+    return metric(worker, "escrowguard_redis_state_lost")
+
+
+def _log_lines(worker: WorkerProcess, event: str) -> list[str]:
+    return [x for x in worker.log_path.read_text().splitlines() if f"event={event}" in x]
+
+
+def _marker(s: Settings) -> bytes | None:
+    client = redis_client(s.redis)
+    try:
+        value: bytes | None = client.get(f"{key_prefix(s)}:marker")
+        return value
+    finally:
+        client.close()
+
+
+def _committed(s: Settings) -> int:
+    return sum(committed_offsets(s, s.kafka.consumer_group).values())
+
+
+def _assert_loss_reported(worker: WorkerProcess, reason: str) -> dict[str, object]:
+    """The loss is on /health (503, reason, action), the metric and one ERROR log line."""
+    health = worker.health()
+    assert health["http_status"] == 503, health
+    assert health["status"] == "redis_state_lost" and health["reason"] == reason, health
+    assert "escrowguard rebuild-state" in str(health["action"]), health
+    assert _lost(worker) == 1
+    (line,) = _log_lines(worker, "redis_state_lost")
+    assert "level=error" in line, line
+    assert "escrowguard rebuild-state" in line, line
+    return health
+
+
 def test_redis_loss_without_persistence_is_rebuilt_from_the_topics(
     settings: Settings,
     tiny_history: HistoryFile,
@@ -169,6 +206,11 @@ def test_redis_loss_without_persistence_is_rebuilt_from_the_topics(
     clean_tiny: RunResult,
     tmp_path: Path,
 ) -> None:
+    """Redis restarts without persistence while the worker is idle, and the worker is
+    restarted (an orchestrator, or an operator following the old procedure): the new worker
+    finds no marker while its group has committed offsets, so it decides nothing and says
+    so. ``rebuild-state`` runs while it waits; it then resumes by itself, and after the rest
+    of the history the state, ids and messages are the clean run's."""
     (cut,) = time_cuts(tiny_history, (0.5,))
     with EmbeddedServers(redis_appendonly=False) as servers:
         s = fresh_namespace(settings_for(settings, servers), partitions=4)
@@ -176,80 +218,116 @@ def test_redis_loss_without_persistence_is_rebuilt_from_the_topics(
         worker.start()
         try:
             worker.wait_serving()
+            assert _marker(s) is not None, "a fresh deployment marks its state"
             first = BackgroundReplay(s, tiny_history, None, time_until=cut).join()
             wait_caught_up(s, [worker], timeout_s=600)
             keys_before = _namespace_keys(s)
             servers.restart_redis(hard=True)  # no AOF, no RDB: everything is gone
             assert _namespace_keys(s) == 0
-            worker.stop()  # the procedure: stop the workers first
-            rebuild_s = _rebuild_state(s, bundle, tmp_path / "rebuild.log")
-            keys_rebuilt = _namespace_keys(s)
-            worker = WorkerProcess(s, tmp_path / "worker-after.log", bundle=bundle)
+            worker.stop()
+            worker = WorkerProcess(s, tmp_path / "worker-restarted.log", bundle=bundle)
             worker.start()
             worker.wait_serving()
+            wait_for(lambda: bool(_log_lines(worker, "worker_started")), "worker_started", 120)
+            _assert_loss_reported(worker, "marker_missing")
+            rebuild_s = _rebuild_state(s, bundle, tmp_path / "rebuild.log")
+            keys_rebuilt = _namespace_keys(s)
+            wait_for(lambda: _lost(worker) == 0, "the worker to resume after rebuild-state", 120)
             second = BackgroundReplay(s, tiny_history, None, time_from=cut).join()
             wait_caught_up(s, [worker], timeout_s=600)
+            restored = len(_log_lines(worker, "redis_state_restored"))
             run = collect(s, first.total_sent + second.total_sent, 0.0)
         finally:
             worker.stop()
     print(
         f"\nRedis loss: {first.total_sent:,} events before the loss ({keys_before:,} keys), "
-        f"rebuild-state {rebuild_s:.1f} s (command wall time, {keys_rebuilt:,} keys), "
-        f"{second.total_sent:,} after; {run.outputs.counts()}"
+        f"restarted worker paused at start, rebuild-state {rebuild_s:.1f} s (command wall "
+        f"time, {keys_rebuilt:,} keys), {second.total_sent:,} after; {run.outputs.counts()}"
     )
+    assert restored == 1
     assert run.events == tiny_history.events
     problems = check_against_clean(clean_tiny, run)
     assert not problems, "\n".join(problems)
 
 
-def test_rebuild_state_after_a_worker_decided_on_the_empty_redis(
+def test_redis_flushall_mid_stream_pauses_the_worker_until_rebuild_state(
     settings: Settings,
+    private_servers: EmbeddedServers,
     tiny_history: HistoryFile,
     bundle: Path,
     clean_tiny: RunResult,
     tmp_path: Path,
 ) -> None:
-    """The loss is noticed late: the worker went on deciding a slice of the history (3%)
-    against the empty Redis before it was stopped. Those decisions are wrong and already on
-    the wire (the cost: counted, not asserted); ``rebuild-state`` must still rebuild the
-    clean run's state (it deletes what the worker wrote, positions included, and replays
-    everything), and every output after the restart must be the clean run's."""
+    """``FLUSHALL`` on the same server (same run id: no restart to notice) while a worker
+    runs, then more events (3% of the history). The worker must decide none of them
+    against the empty state: nothing scored, committed or written, the loss reported (one
+    ERROR line naming the command, /health 503 with the reason, the gauge at 1). Then
+    ``rebuild-state`` with the worker still running; the worker resumes by itself, decides
+    the events it held back against the rebuilt state, and after the rest of the history
+    the state, ids and messages (dead letters included: none) are the clean run's.
+
+    Before the state marker the worker decided the window on the empty Redis: 77 events,
+    64 wrong dead letters (docs/reliability.md)."""
     cut, window_end = time_cuts(tiny_history, (0.5, 0.53))
-    with EmbeddedServers(redis_appendonly=False) as servers:
-        s = fresh_namespace(settings_for(settings, servers), partitions=4)
-        worker = WorkerProcess(s, tmp_path / "worker.log", bundle=bundle)
-        worker.start()
+    s = fresh_namespace(settings_for(settings, private_servers), partitions=4)
+    worker = WorkerProcess(s, tmp_path / "worker.log", bundle=bundle)
+    worker.start()
+    try:
+        worker.wait_serving()
+        sent = BackgroundReplay(s, tiny_history, None, time_until=cut).join().total_sent
+        wait_caught_up(s, [worker], timeout_s=600)
+        scored, committed = _scored(worker), _committed(s)
+        client = redis_client(s.redis)
         try:
-            worker.wait_serving()
-            sent = BackgroundReplay(s, tiny_history, None, time_until=cut).join().total_sent
-            wait_caught_up(s, [worker], timeout_s=600)
-            servers.restart_redis(hard=True)
-            window = BackgroundReplay(
-                s, tiny_history, None, time_from=cut, time_until=window_end
-            ).join()
-            wait_caught_up(s, [worker], timeout_s=600)  # decided against the empty Redis
-            worker.stop()
-            keys_written = _namespace_keys(s)
-            _rebuild_state(s, bundle, tmp_path / "rebuild.log")
-            worker = WorkerProcess(s, tmp_path / "worker-after.log", bundle=bundle)
-            worker.start()
-            worker.wait_serving()
-            rest = BackgroundReplay(s, tiny_history, None, time_from=window_end).join()
-            wait_caught_up(s, [worker], timeout_s=600)
-            run = collect(s, sent + window.total_sent + rest.total_sent, 0.0)
-            after = OutputReport.of(read_outputs(s), since=window_end)
+            run_id = client.info("server")["run_id"]
+            client.flushall()
         finally:
-            worker.stop()
-    expected_after = OutputReport.of(clean_tiny.raw_outputs, since=window_end)
-    wrong = run.outputs.alert_ids - clean_tiny.outputs.alert_ids
-    missing = clean_tiny.outputs.alert_ids - run.outputs.alert_ids
+            client.close()
+        window = BackgroundReplay(s, tiny_history, None, time_from=cut, time_until=window_end)
+        window_sent = window.join().total_sent
+        # the worker reports the loss, or (without the marker) decides the window and commits
+        wait_for(
+            lambda: _lost(worker) == 1 or _committed(s) > committed,
+            "the loss reported or the window committed",
+            180,
+        )
+        decided_on_empty = _scored(worker) - scored
+        letters = len(OutputReport.of(read_outputs(s)).dead_letters)
+        assert _lost(worker) == 1, (
+            f"loss not reported: {decided_on_empty:.0f} events decided against the empty "
+            f"state, {letters} dead letters"
+        )
+        health = _assert_loss_reported(worker, "marker_missing")
+        assert decided_on_empty == 0
+        assert _committed(s) == committed
+        assert _namespace_keys(s) == 0 or _marker(s) is None
+        keys_while_lost = _namespace_keys(s)
+        client = redis_client(s.redis)
+        try:
+            assert client.info("server")["run_id"] == run_id  # no restart to notice
+            assert not client.exists(f"{key_prefix(s)}:pos"), "the worker wrote positions"
+        finally:
+            client.close()
+        rebuild_s = _rebuild_state(s, bundle, tmp_path / "rebuild.log")
+        wait_caught_up(s, [worker], timeout_s=600)  # resumed: the window decided now
+        assert _lost(worker) == 0
+        rest = BackgroundReplay(s, tiny_history, None, time_from=window_end).join()
+        wait_caught_up(s, [worker], timeout_s=600)
+        assert worker.alive(), worker.log_tail()
+        restored = len(_log_lines(worker, "redis_state_restored"))
+        lost_lines = len(_log_lines(worker, "redis_state_lost"))
+        run = collect(s, sent + window_sent + rest.total_sent, 0.0)
+    finally:
+        worker.stop()
     print(
-        f"\nlate-noticed loss: {window.total_sent:,} events decided on the empty Redis "
-        f"({keys_written:,} keys written); on the wire from then: "
-        f"{len(run.outputs.dead_letters)} dead letters, {len(wrong)} alert ids not in the "
-        f"clean run, {len(missing)} of the clean run's never sent; after the rebuild: "
-        f"{after.counts()}"
+        f"\nFLUSHALL mid-stream: {sent:,} events before, {window_sent:,} sent while the state "
+        f"was lost: {decided_on_empty:.0f} decided, {letters} dead letters, committed offsets "
+        f"unchanged ({committed:,}), {keys_while_lost} namespace keys written; /health "
+        f"{health['http_status']} {health['reason']}; rebuild-state {rebuild_s:.1f} s with the "
+        f"worker running; {lost_lines} redis_state_lost line, {restored} restored; "
+        f"{rest.total_sent:,} after; {run.outputs.counts()}"
     )
-    problems = state_diff(clean_tiny.state, run.state) + run.position_problems
-    problems += compare_outputs(expected_after, after)
+    assert restored == 1 and lost_lines == 1
+    assert run.events == tiny_history.events
+    problems = check_against_clean(clean_tiny, run)
     assert not problems, "\n".join(problems)
