@@ -13,6 +13,7 @@ import collections
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -105,12 +106,13 @@ def state_dump(settings: Settings) -> dict[str, Any]:
 
     SCAN the namespace, dump each key by type (strings, hashes, sorted sets with scores,
     sets, lists), with the namespace stripped from the names. Left out: ``EXCLUDED_KEYS``
-    and TTLs. The de-duplication hashes (``seen:<generation>:<shard>``, event id ->
-    ``topic:partition:offset`` where it was first applied) keep the position without the
-    topic prefix (``by_event_id`` drops it for runs on another partition layout).
+    and TTLs. The de-duplication hashes (``seen:<generation>:<shard>``, event id -> the tag
+    of the ``topic:partition:offset`` where it was first applied) show the position, its
+    topic prefix stripped (``by_event_id`` drops it for runs on another partition layout).
     """
     namespace = key_prefix(settings) + ":"
     topic_prefix = settings.topics.prefix
+    positions = _position_tags(settings)
     client = redis_client(settings.redis)
     readers = {
         "string": lambda p, k: p.get(k),
@@ -148,7 +150,10 @@ def state_dump(settings: Settings) -> dict[str, Any]:
                 elif kind == "hash":
                     fields = {_text(k): _text(v) for k, v in value.items()}
                     if name.startswith("seen:"):
-                        fields = {k: v.removeprefix(topic_prefix) for k, v in fields.items()}
+                        fields = {
+                            k: positions.get(v, v).removeprefix(topic_prefix)
+                            for k, v in fields.items()
+                        }
                     state[name] = fields
                 elif kind == "zset":
                     state[name] = [(_text(m), sc) for m, sc in value]
@@ -159,6 +164,18 @@ def state_dump(settings: Settings) -> dict[str, Any]:
     finally:
         client.close()
     return state
+
+
+def _position_tags(settings: Settings) -> dict[str, str]:
+    """Every input position's de-duplication tag (``Position.tag``, a CRC-32 of
+    ``topic:partition:offset``) -> the position, so dumps of namespaces with other topic
+    prefixes compare (the tag hashes the full topic name)."""
+    marks = high_watermarks(settings, input_topics(settings.topics))
+    return {
+        str(zlib.crc32(f"{topic}:{p}:{o}".encode())): f"{topic}:{p}:{o}"
+        for (topic, p), high in marks.items()
+        for o in range(high)
+    }
 
 
 def _excluded(name: str) -> bool:

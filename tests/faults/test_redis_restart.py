@@ -218,7 +218,9 @@ def test_redis_loss_without_persistence_is_rebuilt_from_the_topics(
         worker.start()
         try:
             worker.wait_serving()
+            wait_for(lambda: bool(_log_lines(worker, "worker_started")), "worker_started", 120)
             assert _marker(s) is not None, "a fresh deployment marks its state"
+            assert _lost(worker) == 0 and not _log_lines(worker, "redis_state_lost")
             first = BackgroundReplay(s, tiny_history, None, time_until=cut).join()
             wait_caught_up(s, [worker], timeout_s=600)
             keys_before = _namespace_keys(s)
