@@ -25,6 +25,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import IllegalStateError
 
 from escrowguard.errors import EscrowguardError
 from escrowguard.kafka_config import faust_broker_url
@@ -190,9 +191,14 @@ def _add_agent(app: faust.App, runtime: Runtime) -> None:
             waiting = any((tp.topic, tp.partition) not in tracked for tp in assigned)
             ahead = tracked if waiting else tracked - buffer.laggards()
             want = {tp for tp in assigned if (tp.topic, tp.partition) in ahead}
-        # pause again every time: a rebalance gives the partitions back unpaused
-        consumer.pause(*want)
-        consumer.resume(*((paused & assigned) - want))
+        # pause again every time: a rebalance gives the partitions back unpaused. One that a
+        # rebalance took away meanwhile is no longer this worker's to pause or resume.
+        for tp in want:
+            with contextlib.suppress(IllegalStateError):
+                consumer.pause(tp)
+        for tp in paused - want:
+            with contextlib.suppress(IllegalStateError):
+                consumer.resume(tp)
         paused.clear()
         paused.update(want)
 
