@@ -289,7 +289,7 @@ def test_redis_flushall_mid_stream_pauses_the_worker_until_rebuild_state(
         window_sent = window.join().total_sent
         # the worker reports the loss, or (without the marker) decides the window and commits
         wait_for(
-            lambda: _lost(worker) == 1 or _committed(s) > committed,
+            lambda: _lost(worker) == 1 or _committed(s) >= committed + window_sent,
             "the loss reported or the window committed",
             180,
         )
