@@ -33,7 +33,7 @@ from escrowguard.bench.status import StatusFile
 from escrowguard.infra import redis_client
 from escrowguard.kafka_config import client_options
 from escrowguard.models.bundle import load_bundle
-from escrowguard.models.serving import SERVING_FEATURES, TRUSTED_EXTRA
+from escrowguard.models.serving import SERVING_FEATURES
 from escrowguard.settings import Settings, load_settings
 from escrowguard.topics import input_topics, output_topic
 
@@ -55,7 +55,7 @@ class NaiveScorer:
 
     def __init__(self, settings: Settings, bundle_dir: Path) -> None:
         self.settings = settings
-        bundle = load_bundle(bundle_dir, SERVING_FEATURES, trusted_types=TRUSTED_EXTRA)
+        bundle = load_bundle(bundle_dir, SERVING_FEATURES)
         self.version = bundle.version
         self.anomaly_model = bundle.models["anomaly"]
         self.risk_model = bundle.models["risk"]

@@ -10,6 +10,10 @@ at themselves with an infinite threshold, so every pair simply runs ``depth`` le
 single row a plain Python loop over the trees beats numpy's per-call overhead; a small cost
 model (measured constants) picks the path per batch size.
 
+A compiled scorer is plain arrays (``scorer_arrays`` / ``scorer_from_arrays``): a bundle stores
+them beside its models, so a worker scores without importing scikit-learn or SciPy (~150 MiB
+of its resident memory). Only compiling (``compile_model``) imports scikit-learn.
+
 Outputs equal scikit-learn's to ~1e-15 (tests hold them to 1e-6): trees compare the input
 cast to float32 (``x <= threshold`` goes left; NaN follows ``missing_go_to_left`` as in
 ``Tree.apply``). The float64 thresholds are stored rounded *down* to float32, which gives the
@@ -26,18 +30,21 @@ True
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 import numpy as np
-from scipy.special import expit
-from sklearn.cluster import KMeans
-from sklearn.dummy import DummyClassifier
-from sklearn.ensemble import GradientBoostingClassifier, IsolationForest, RandomForestClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+
+if TYPE_CHECKING:  # compiling needs scikit-learn; scoring does not (see the module doc)
+    from sklearn.ensemble import (
+        GradientBoostingClassifier,
+        IsolationForest,
+        RandomForestClassifier,
+    )
+    from sklearn.preprocessing import StandardScaler
 
 __all__ = [
     "FlatForest",
@@ -54,6 +61,8 @@ __all__ = [
     "compile_trees",
     "is_scorable",
     "score_batch",
+    "scorer_arrays",
+    "scorer_from_arrays",
 ]
 
 ScorerKind = Literal["isolation_forest", "gradient_boosting", "random_forest", "kmeans"]
@@ -425,7 +434,8 @@ class GradientBoostingScorer(_ForestScorer):
         self.init_raw = init_raw
 
     def _finish(self, sums: np.ndarray) -> np.ndarray:
-        return np.asarray(expit(sums + self.init_raw), dtype=np.float64)
+        with np.errstate(over="ignore"):  # exp overflow -> inf -> probability 0, as expit
+            return 1.0 / (1.0 + np.exp(-(sums + self.init_raw)))
 
     @classmethod
     def from_sklearn(
@@ -434,6 +444,8 @@ class GradientBoostingScorer(_ForestScorer):
         """Compile a fitted binary GradientBoostingClassifier with a constant init."""
         if int(model.n_trees_per_iteration_) != 1:
             raise ValueError("only binary GradientBoostingClassifier is supported")
+        from sklearn.dummy import DummyClassifier
+
         if not (model.init_ == "zero" or isinstance(model.init_, DummyClassifier)):
             raise ValueError(f"init estimator {model.init_!r} is not constant; cannot compile")
         n_features = int(model.n_features_in_)
@@ -484,16 +496,28 @@ class KMeansScorer(Scorer):
         return np.argmin(distances, axis=1).astype(np.float64)
 
 
-_COMPILERS: Final[dict[type, Any]] = {
-    IsolationForest: IsolationForestScorer.from_sklearn,
-    GradientBoostingClassifier: GradientBoostingScorer.from_sklearn,
-    RandomForestClassifier: RandomForestScorer.from_sklearn,
-    KMeans: lambda model, scalers: KMeansScorer(model.cluster_centers_, scalers),
-}
+@functools.cache
+def _compilers() -> dict[type, Any]:
+    from sklearn.cluster import KMeans
+    from sklearn.ensemble import (
+        GradientBoostingClassifier,
+        IsolationForest,
+        RandomForestClassifier,
+    )
+
+    return {
+        IsolationForest: IsolationForestScorer.from_sklearn,
+        GradientBoostingClassifier: GradientBoostingScorer.from_sklearn,
+        RandomForestClassifier: RandomForestScorer.from_sklearn,
+        KMeans: lambda model, scalers: KMeansScorer(model.cluster_centers_, scalers),
+    }
 
 
 def _split_pipeline(model: object) -> tuple[list[StandardScaler], object]:
     """Leading StandardScalers and the final estimator of a Pipeline (or of a bare model)."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
     if not isinstance(model, Pipeline):
         return [], model
     steps = [step for _, step in model.steps if step is not None and step != "passthrough"]
@@ -512,7 +536,7 @@ def is_scorable(model: object) -> bool:
         _, final = _split_pipeline(model)
     except (TypeError, ValueError):
         return False
-    return type(final) in _COMPILERS
+    return type(final) in _compilers()
 
 
 def compile_model(model: object, scaler: StandardScaler | None = None) -> Scorer:
@@ -523,7 +547,7 @@ def compile_model(model: object, scaler: StandardScaler | None = None) -> Scorer
     """
     head, final = _split_pipeline(model)
     scalers = [Standardizer.from_sklearn(s) for s in ([scaler] if scaler else []) + head]
-    compiler = _COMPILERS.get(type(final))
+    compiler = _compilers().get(type(final))
     if compiler is None:
         raise TypeError(f"no fast scorer for {type(final).__name__}")
     scorer: Scorer = compiler(final, scalers)
@@ -552,3 +576,121 @@ class ScoringSuite:
 def score_batch(scorers: Mapping[str, Scorer], inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Score each ``inputs[name]`` with ``scorers[name]``: ``ScoringSuite(scorers).score``."""
     return ScoringSuite(scorers).score(inputs)
+
+
+# --- compiled scorers as plain arrays (stored in a bundle; loaded without scikit-learn) ----
+
+_FOREST_ARRAYS: Final = ("left", "feature", "threshold", "missing_left", "leaf_value", "roots")
+_KIND_CLASSES: Final[dict[str, type[Scorer]]] = {
+    "isolation_forest": IsolationForestScorer,
+    "gradient_boosting": GradientBoostingScorer,
+    "random_forest": RandomForestScorer,
+    "kmeans": KMeansScorer,
+}
+
+
+def scorer_arrays(scorer: Scorer) -> dict[str, np.ndarray]:
+    """A compiled scorer as named numpy arrays (no objects: ``np.load`` needs no pickle)."""
+    out: dict[str, np.ndarray] = {
+        "kind": np.array(scorer.kind),
+        "n_features": np.array(scorer.n_features, dtype=np.int64),
+        "n_scalers": np.array(len(scorer.scalers), dtype=np.int64),
+    }
+    for i, scaler in enumerate(scorer.scalers):
+        for part in ("mean", "scale"):
+            value = getattr(scaler, part)
+            if value is not None:
+                out[f"scaler{i}_{part}"] = np.asarray(value, dtype=np.float64)
+    if isinstance(scorer, _ForestScorer):
+        forest = scorer.forest
+        for name in _FOREST_ARRAYS:
+            out[f"forest_{name}"] = getattr(forest, name)
+        out["forest_depth"] = np.array(forest.depth, dtype=np.int64)
+        out["forest_row_loop_max_rows"] = np.array(forest.row_loop_max_rows, dtype=np.int64)
+    if isinstance(scorer, IsolationForestScorer):
+        out["denominator"] = np.array(scorer.denominator, dtype=np.float64)
+        out["offset"] = np.array(scorer.offset, dtype=np.float64)
+    elif isinstance(scorer, GradientBoostingScorer):
+        out["init_raw"] = np.array(scorer.init_raw, dtype=np.float64)
+    elif isinstance(scorer, KMeansScorer):
+        out["centers"] = scorer.centers
+    return out
+
+
+def scorer_from_arrays(arrays: Mapping[str, np.ndarray]) -> Scorer:
+    """Inverse of ``scorer_arrays``. Checks shapes and indices (a malformed file raises
+    ValueError, never scores wrong); the caller checks the file's integrity (sha256)."""
+    try:
+        kind = str(arrays["kind"])
+        n_features = int(arrays["n_features"])
+        scalers = [
+            Standardizer(
+                mean=_vector(arrays, f"scaler{i}_mean", n_features),
+                scale=_vector(arrays, f"scaler{i}_scale", n_features),
+            )
+            for i in range(int(arrays["n_scalers"]))
+        ]
+        if kind not in _KIND_CLASSES:
+            raise ValueError(f"unknown scorer kind {kind!r}")
+        if kind == "kmeans":
+            centers = np.asarray(arrays["centers"], dtype=np.float64)
+            if centers.ndim != 2 or centers.shape[1] != n_features or not len(centers):
+                raise ValueError(f"centers of shape {centers.shape}, {n_features} features")
+            return KMeansScorer(centers, scalers)
+        forest = _forest_from_arrays(arrays, n_features)
+        if kind == "isolation_forest":
+            return IsolationForestScorer(
+                forest, float(arrays["denominator"]), float(arrays["offset"]), scalers
+            )
+        if kind == "gradient_boosting":
+            return GradientBoostingScorer(forest, float(arrays["init_raw"]), scalers)
+        return RandomForestScorer(forest, scalers)
+    except KeyError as exc:
+        raise ValueError(f"compiled scorer lacks {exc}") from None
+
+
+def _vector(arrays: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray | None:
+    if name not in arrays:
+        return None
+    value = np.asarray(arrays[name], dtype=np.float64)
+    if value.shape != (n,):
+        raise ValueError(f"{name} has shape {value.shape}, expected ({n},)")
+    return value
+
+
+def _forest_from_arrays(arrays: Mapping[str, np.ndarray], n_features: int) -> FlatForest:
+    left = np.ascontiguousarray(arrays["forest_left"], dtype=np.intp)
+    feature = np.ascontiguousarray(arrays["forest_feature"], dtype=np.intp)
+    threshold = np.ascontiguousarray(arrays["forest_threshold"], dtype=np.float32)
+    missing_left = np.ascontiguousarray(arrays["forest_missing_left"], dtype=bool)
+    leaf_value = np.ascontiguousarray(arrays["forest_leaf_value"], dtype=np.float64)
+    roots = np.ascontiguousarray(arrays["forest_roots"], dtype=np.intp)
+    n = left.shape[0]
+    if any(a.shape != (n,) for a in (feature, threshold, missing_left, leaf_value)):
+        raise ValueError("forest arrays differ in length")
+    if n == 0 or roots.ndim != 1 or not len(roots):
+        raise ValueError("empty forest")
+    is_leaf = left == np.arange(n)
+    # an internal node's children are left and left + 1, both inside the forest
+    if int(left.min()) < 0 or int(left.max()) >= n or bool((left[~is_leaf] + 1 >= n).any()):
+        raise ValueError("forest child index out of range")
+    if int(roots.min()) < 0 or int(roots.max()) >= n:
+        raise ValueError("forest root index out of range")
+    if int(feature.min()) < 0 or int(feature.max()) >= n_features:
+        raise ValueError(f"forest reads a feature outside 0..{n_features - 1}")
+    return FlatForest(
+        left=left,
+        feature=feature,
+        threshold=threshold,
+        missing_left=missing_left,
+        leaf_value=leaf_value,
+        roots=roots,
+        depth=int(arrays["forest_depth"]),
+        n_features=n_features,
+        row_loop_max_rows=int(arrays["forest_row_loop_max_rows"]),
+        py_left=left.tolist(),
+        py_feature=np.where(is_leaf, -1, feature).tolist(),
+        py_threshold=threshold.astype(np.float64).tolist(),
+        py_leaf_value=leaf_value.tolist(),
+        py_roots=roots.tolist(),
+    )

@@ -24,7 +24,6 @@ from escrowguard.models.features import (
     SUCCESS_FEATURES,
     FeatureWindows,
 )
-from escrowguard.models.recommender import Recommender
 
 #: The models a serving bundle must hold, and the feature order each expects.
 SERVING_FEATURES: Final[dict[str, tuple[str, ...]]] = {
@@ -32,7 +31,6 @@ SERVING_FEATURES: Final[dict[str, tuple[str, ...]]] = {
     "risk": RISK_FEATURES,
     "success": SUCCESS_FEATURES,
 }
-TRUSTED_EXTRA: Final = (f"{Recommender.__module__}.{Recommender.__qualname__}",)
 
 
 class ServingModels:
@@ -130,7 +128,8 @@ class ServingModels:
 
 
 def _load(path: Path) -> Bundle:
-    return load_bundle(path, SERVING_FEATURES, trusted_types=TRUSTED_EXTRA)
+    # compiled scorers only: the worker never imports scikit-learn (models.bundle)
+    return load_bundle(path, SERVING_FEATURES, scorers_only=True)
 
 
 def load_serving_models(settings: Any, bundle: Path | None = None) -> ServingModels:

@@ -45,7 +45,7 @@ from escrowguard.models.features import (
 from escrowguard.models.history import HistoryMatrices, read_events, walk_history
 from escrowguard.models.scorers import compile_model
 from escrowguard.models.segments import SEGMENT_FEATURES, backer_aggregates, fit_segments
-from escrowguard.models.serving import SERVING_FEATURES, TRUSTED_EXTRA
+from escrowguard.models.serving import SERVING_FEATURES
 
 __all__ = [
     "ANOMALY_ALERT_BUDGET",
@@ -452,4 +452,4 @@ def bundle_path(settings: Any, bundle: Path | None = None) -> Path:
 
 def open_bundle(path: Path) -> Bundle:
     """Load and verify a serving bundle (the recommender type allowed)."""
-    return load_bundle(path, SERVING_FEATURES, trusted_types=TRUSTED_EXTRA)
+    return load_bundle(path, SERVING_FEATURES)

@@ -27,12 +27,12 @@ from typing import Any, Final, Protocol
 
 import msgspec
 import numpy as np
-from river import drift, metrics, stats, utils
 
 from escrowguard.events import from_us
 from escrowguard.models.features import PLEDGE_FEATURES
 from escrowguard.outputs import Alert, AlertKind, AlertReason, make_id
 from escrowguard.settings import ThresholdSettings
+from escrowguard.stream_app.river_lite import drift, metrics, stats, utils
 
 DAY_US: Final = 86_400 * 1_000_000
 MONITORED_PLEDGE_FEATURES: Final = ("log_amount", "log_account_age_s", "log_since_prev_pledge_s")

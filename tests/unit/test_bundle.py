@@ -33,6 +33,7 @@ from escrowguard.models.bundle import (
     promote,
     save_bundle,
 )
+from escrowguard.models.scorers import compile_model
 
 CREATED_AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ANOMALY = [f"a{i}" for i in range(9)]
@@ -324,3 +325,95 @@ def test_corrupt_current_pointer(tmp_path: Path, bundle_dir: Path) -> None:
     with pytest.raises(BundleError) as info:
         current_bundle_path(registry)
     assert info.value.reason == BundleReason.MISSING_FILE
+
+
+# --- compiled scorers: what a worker loads (no scikit-learn) ------------------------------
+
+SERVED = {"anomaly": ANOMALY, "risk": RISK, "success": SUCCESS}
+
+
+def rows(n_features: int) -> np.ndarray:
+    x = np.random.default_rng(11).normal(size=(64, n_features))
+    x[3, 0] = np.nan  # NaN routing is part of the compiled trees
+    return x
+
+
+def test_scorers_only_loads_compiled_scorers_equal_to_compiling(bundle_dir: Path) -> None:
+    manifest = read_manifest(bundle_dir)
+    scored = {n for n, e in manifest["models"].items() if "scorer" in e}
+    assert scored == {"anomaly", "risk", "success", "clusters"}  # the SVD is not scored
+    full = load_bundle(bundle_dir)
+    lite = load_bundle(bundle_dir, SERVED, scorers_only=True)
+    assert lite.models == {} and sorted(lite.scorers) == sorted(SERVED)
+    assert lite.version == full.version
+    for name, features in SERVED.items():
+        x = rows(len(features))
+        fresh = compile_model(full.models[name]).score(x)
+        assert np.array_equal(lite.scorers[name].score(x), fresh), name
+        assert np.array_equal(full.scorers[name].score(x), fresh), name
+
+
+def test_scorers_only_clusters(bundle_dir: Path, models: dict[str, Any]) -> None:
+    lite = load_bundle(bundle_dir, {"clusters": SUCCESS}, scorers_only=True)
+    x = rows(len(SUCCESS))[4:]
+    expected = models["clusters"].predict(x).astype(np.float64)
+    assert np.array_equal(lite.scorers["clusters"].score(x), expected)
+
+
+def test_tampered_compiled_scorer_is_refused(bundle_dir: Path) -> None:
+    path = bundle_dir / "risk.scorer.npz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    refused(bundle_dir, BundleReason.TAMPERED, expected_features=SERVED, scorers_only=True)
+    path.write_bytes(bytes(data[:100]))
+    refused(bundle_dir, BundleReason.TRUNCATED, expected_features=SERVED, scorers_only=True)
+
+
+def test_compiled_scorer_with_bad_indices_is_unreadable(bundle_dir: Path) -> None:
+    """Arrays that pass the hash but point outside the forest never reach scoring."""
+    import io
+
+    with np.load(bundle_dir / "success.scorer.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["forest_left"] = arrays["forest_left"] + len(arrays["forest_left"])
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    (bundle_dir / "success.scorer.npz").write_bytes(buf.getvalue())
+    manifest = read_manifest(bundle_dir)
+    entry = manifest["models"]["success"]["scorer"]
+    entry["sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    entry["size_bytes"] = len(buf.getvalue())
+    write_manifest(bundle_dir, manifest)
+    err = refused(bundle_dir, BundleReason.UNREADABLE, expected_features=SERVED, scorers_only=True)
+    assert "success.scorer.npz" in err.message and "out of range" in err.message
+
+
+def test_bundle_without_compiled_scorers_loads_the_full_way(bundle_dir: Path) -> None:
+    """Bundles saved before compiled scorers existed still serve."""
+    manifest = read_manifest(bundle_dir)
+    for entry in manifest["models"].values():
+        entry.pop("scorer", None)
+    write_manifest(bundle_dir, manifest)
+    lite = load_bundle(bundle_dir, SERVED, scorers_only=True)
+    assert sorted(lite.models) == ["anomaly", "clusters", "risk", "success", "svd"]
+    assert set(SERVED) <= set(lite.scorers)
+
+
+def test_a_worker_never_imports_scikit_learn(bundle_dir: Path) -> None:
+    """The worker's modules and its bundle load leave scikit-learn, skops and pandas out
+    (~150 MiB of resident memory: docs/performance.md)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from escrowguard.stream_app import app\n"
+        "from escrowguard.models.bundle import load_bundle\n"
+        "from escrowguard.models.serving import load_serving_models\n"
+        f"load_bundle({str(bundle_dir)!r}, {SERVED!r}, scorers_only=True).scorers\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'skops', 'pandas'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
