@@ -2,9 +2,11 @@
 
 Each variant is a source tree (a directory holding ``escrowguard/`` and ``config/``, e.g.
 ``git archive <commit> escrowguard config | tar -x -C DIR``); its workers run with
-``PYTHONPATH=DIR``. One set of events is generated and replayed once; then for each round,
-each variant's worker drains all of it in a consumer group and Redis namespace of its own,
-variants alternating so that the machine's load drifts over all of them alike. Prints one
+``PYTHONPATH=DIR`` and ``PYTHONSAFEPATH=1`` (else ``python -m`` puts the caller's directory
+first, and run from a checkout every variant would be that checkout). One set of events is
+generated and replayed once; then for each round, each variant's worker drains all of it in a
+consumer group and Redis namespace of its own, variants alternating so that the machine's
+load drifts over all of them alike. Prints one
 JSON line per drain (events/s, CPU seconds of worker, Redis and broker, worker CPU us per
 event, peak RSS, load average) and a summary per variant.
 
@@ -56,7 +58,9 @@ def compare(events: int, rounds: int, variants: list[tuple[str, str]], out: Path
                     scoped,
                     out / f"{tag}.log",
                     bundle=bench.bundle,
-                    extra_env={"PYTHONPATH": tree} if tree else {},
+                    # PYTHONSAFEPATH: `python -m` would put the caller's directory first on
+                    # sys.path, and from a checkout every variant would run that checkout
+                    extra_env={"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"} if tree else {},
                     name=tag,
                 )
                 try:
