@@ -442,10 +442,10 @@ class GradientBoostingScorer(_ForestScorer):
         cls, model: GradientBoostingClassifier, scalers: Sequence[Standardizer] = ()
     ) -> GradientBoostingScorer:
         """Compile a fitted binary GradientBoostingClassifier with a constant init."""
-        if int(model.n_trees_per_iteration_) != 1:
-            raise ValueError("only binary GradientBoostingClassifier is supported")
         from sklearn.dummy import DummyClassifier
 
+        if int(model.n_trees_per_iteration_) != 1:
+            raise ValueError("only binary GradientBoostingClassifier is supported")
         if not (model.init_ == "zero" or isinstance(model.init_, DummyClassifier)):
             raise ValueError(f"init estimator {model.init_!r} is not constant; cannot compile")
         n_features = int(model.n_features_in_)
