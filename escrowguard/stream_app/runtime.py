@@ -185,8 +185,7 @@ class Runtime:
                 log, "redis_restarted", logging.WARNING, previous=self.redis_run_id, current=run_id
             )
             self.redis_run_id = run_id
-            self.store.cache.clear()
-            self.worker.store_restarted()
+            self._forget_server_view()
             self.store_restarted = True
 
     # --- the state marker (state_marker.py) ---
@@ -262,8 +261,7 @@ class Runtime:
         self.state_lost = reason
         self.healthy = False
         self.metrics.set("escrowguard_redis_state_lost", 1)
-        self.store.cache.clear()
-        self.worker.store_restarted()
+        self._forget_server_view()
         if first:
             log_event(
                 log,
@@ -302,6 +300,11 @@ class Runtime:
         self.store.marker = marker
         self.state_lost = None
         self.metrics.set("escrowguard_redis_state_lost", 0)
+        self._forget_server_view()
+        self.store_restarted = True
+
+    def _forget_server_view(self) -> None:
+        """Drop what was learnt from Redis's earlier state: cached log prefixes, the latest
+        decided event time, bandit posteriors."""
         self.store.cache.clear()
         self.worker.store_restarted()
-        self.store_restarted = True
